@@ -1,0 +1,283 @@
+//! The sans-IO contract every Shoal core implements (peer scheduler, super-peer index, tracker
+//! registry), so the real drivers and the simulator run the same decisions.
+//!
+//! The shape is str0m's: feed one [`Input`] with [`Core::handle_input`] at time `now`, then
+//! drain [`Core::poll_output`] until it returns [`Output::Timeout`]; call `handle_input` again
+//! with [`Input::Timeout`] when that time comes (or earlier, with any other input). Cores never
+//! read a clock, open a socket or draw global randomness: time arrives as [`Time`], nodes are
+//! [`NodeId`]s, and every queue a core keeps is bounded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::time::Duration;
+
+use crate::ids::NodeId;
+
+/// A point on a core's clock: microseconds since an origin the driver picks (process start,
+/// or the start of a simulation). Only differences matter.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(u64);
+
+impl Time {
+    /// The origin.
+    pub const ZERO: Time = Time(0);
+    /// Later than any real deadline: "no timer set".
+    pub const NEVER: Time = Time(u64::MAX);
+
+    /// `micros` microseconds after the origin.
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    /// `millis` milliseconds after the origin.
+    pub const fn from_millis(millis: u64) -> Self {
+        Self(millis.saturating_mul(1000))
+    }
+
+    /// Microseconds since the origin.
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// The time elapsed since `earlier`, zero if `earlier` is later.
+    pub fn saturating_since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+    /// Saturates at [`Time::NEVER`].
+    fn add(self, d: Duration) -> Time {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(micros))
+    }
+}
+
+impl Sub<Time> for Time {
+    type Output = Duration;
+    /// Saturates at zero.
+    fn sub(self, earlier: Time) -> Duration {
+        self.saturating_since(earlier)
+    }
+}
+
+impl fmt::Debug for Time {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Time::NEVER {
+            f.write_str("never")
+        } else {
+            write!(f, "{}.{:06}s", self.0 / 1_000_000, self.0 % 1_000_000)
+        }
+    }
+}
+
+/// Something that happened to a core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<M, C> {
+    /// A message from `from`, whose identity the driver authenticated.
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// The message.
+        msg: M,
+    },
+    /// A connection to `node` is up.
+    Connected(NodeId),
+    /// The connection to `node` is gone; requests in flight to it will not be answered.
+    Disconnected(NodeId),
+    /// The deadline the core asked for passed.
+    Timeout,
+    /// A command from the local user or operator (play, stop, set a limit...).
+    Command(C),
+}
+
+/// Something a core wants done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<M, E> {
+    /// Send `msg` to `to`.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message.
+        msg: M,
+    },
+    /// Report `event` to the driver (store this chunk, play these samples, a statistic...).
+    Event(E),
+    /// Nothing more to do now; call back with [`Input::Timeout`] at this time
+    /// ([`Time::NEVER`] when no timer is set).
+    Timeout(Time),
+}
+
+/// A sans-IO state machine.
+pub trait Core {
+    /// Messages it exchanges with other nodes.
+    type Message;
+    /// Commands from the local user or operator.
+    type Command;
+    /// Events it reports to its driver.
+    type Event;
+
+    /// Feeds one input at time `now` (never earlier than a previous call's `now`).
+    fn handle_input(&mut self, now: Time, input: Input<Self::Message, Self::Command>);
+
+    /// The next thing to do; [`Output::Timeout`] once there is nothing left.
+    fn poll_output(&mut self) -> Output<Self::Message, Self::Event>;
+}
+
+/// Named deadlines for a core: set, replace, cancel, find the earliest, pop the expired.
+/// One deadline per key; the core bounds how many keys it uses.
+#[derive(Debug, Clone)]
+pub struct TimerSet<K: Ord + Clone> {
+    by_key: BTreeMap<K, Time>,
+    by_time: BTreeSet<(Time, K)>,
+}
+
+impl<K: Ord + Clone> Default for TimerSet<K> {
+    fn default() -> Self {
+        Self {
+            by_key: BTreeMap::new(),
+            by_time: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> TimerSet<K> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets (or moves) the deadline of `key` to `at`.
+    pub fn set(&mut self, key: K, at: Time) {
+        if let Some(old) = self.by_key.insert(key.clone(), at) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+        self.by_time.insert((at, key));
+    }
+
+    /// Removes the deadline of `key`; returns when it was due.
+    pub fn cancel(&mut self, key: &K) -> Option<Time> {
+        let at = self.by_key.remove(key)?;
+        self.by_time.remove(&(at, key.clone()));
+        Some(at)
+    }
+
+    /// When `key` is due, if set.
+    pub fn get(&self, key: &K) -> Option<Time> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The earliest deadline, or [`Time::NEVER`].
+    pub fn next_deadline(&self) -> Time {
+        self.by_time.first().map_or(Time::NEVER, |(t, _)| *t)
+    }
+
+    /// Removes and returns one key whose deadline is at or before `now`, earliest first.
+    pub fn pop_expired(&mut self, now: Time) -> Option<K> {
+        let (at, _) = self.by_time.first()?;
+        if *at > now {
+            return None;
+        }
+        let (_, key) = self.by_time.pop_first()?;
+        self.by_key.remove(&key);
+        Some(key)
+    }
+
+    /// Number of deadlines set.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// True when no deadline is set.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    #[test]
+    fn time_arithmetic_saturates() {
+        let t = Time::from_millis(1500);
+        assert_eq!(t.as_micros(), 1_500_000);
+        assert_eq!(t + Duration::from_millis(500), Time::from_millis(2000));
+        assert_eq!(Time::from_millis(2000) - t, Duration::from_millis(500));
+        assert_eq!(t - Time::from_millis(2000), Duration::ZERO);
+        assert_eq!(Time::NEVER + Duration::from_secs(1), Time::NEVER);
+        assert_eq!(format!("{t:?}"), "1.500000s");
+    }
+
+    #[test]
+    fn timers_pop_in_order_and_move() {
+        let mut timers = TimerSet::new();
+        timers.set("b", Time::from_millis(20));
+        timers.set("a", Time::from_millis(10));
+        timers.set("c", Time::from_millis(30));
+        timers.set("c", Time::from_millis(5)); // moved earlier
+        assert_eq!(timers.next_deadline(), Time::from_millis(5));
+        assert_eq!(timers.cancel(&"a"), Some(Time::from_millis(10)));
+        assert_eq!(timers.pop_expired(Time::from_millis(25)), Some("c"));
+        assert_eq!(timers.pop_expired(Time::from_millis(25)), Some("b"));
+        assert_eq!(timers.pop_expired(Time::from_millis(25)), None);
+        assert!(timers.is_empty());
+        assert_eq!(timers.next_deadline(), Time::NEVER);
+    }
+
+    /// A tiny core that answers pings after a fixed think time: exercises the contract the
+    /// way the drivers and the simulator use it.
+    struct Ponger {
+        think: Duration,
+        pending: TimerSet<(NodeId, u32)>,
+        out: VecDeque<Output<u32, &'static str>>,
+    }
+
+    impl Core for Ponger {
+        type Message = u32;
+        type Command = ();
+        type Event = &'static str;
+
+        fn handle_input(&mut self, now: Time, input: Input<u32, ()>) {
+            match input {
+                Input::Message { from, msg } => self.pending.set((from, msg), now + self.think),
+                Input::Timeout => {
+                    while let Some((to, msg)) = self.pending.pop_expired(now) {
+                        self.out.push_back(Output::Send { to, msg: msg + 1 });
+                    }
+                }
+                Input::Disconnected(_) => self.out.push_back(Output::Event("lost")),
+                Input::Connected(_) | Input::Command(()) => {}
+            }
+        }
+
+        fn poll_output(&mut self) -> Output<u32, &'static str> {
+            self.out
+                .pop_front()
+                .unwrap_or(Output::Timeout(self.pending.next_deadline()))
+        }
+    }
+
+    #[test]
+    fn poll_loop_with_virtual_clock() {
+        let mut core = Ponger {
+            think: Duration::from_millis(3),
+            pending: TimerSet::new(),
+            out: VecDeque::new(),
+        };
+        let a = NodeId::from_index(1);
+        core.handle_input(Time::ZERO, Input::Message { from: a, msg: 41 });
+        let Output::Timeout(at) = core.poll_output() else {
+            panic!("nothing to send yet")
+        };
+        assert_eq!(at, Time::from_millis(3));
+        core.handle_input(at, Input::Timeout);
+        assert_eq!(core.poll_output(), Output::Send { to: a, msg: 42 });
+        assert_eq!(core.poll_output(), Output::Timeout(Time::NEVER));
+        core.handle_input(at, Input::Disconnected(a));
+        assert_eq!(core.poll_output(), Output::Event("lost"));
+    }
+}

@@ -5,6 +5,8 @@
 //! - `net` (feature `net`, default): the thin driver that connects the core to libp2p, disk,
 //!   HTTP and the sound card.
 
+#[cfg(feature = "audio")]
+pub mod audio;
 pub mod core;
 #[cfg(feature = "net")]
 pub mod net;

@@ -1,14 +1,125 @@
 //! `shoal-peer`: search, play and share music on the Shoal network.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use shoal_peer::audio::{OutputTarget, TrackDecoder};
+use shoal_peer::net::stats::{BytesBySource, PlayStats};
+use shoal_protocol::TrackId;
+use shoal_tracker::store::LocalStore;
 
 /// Listen to music streamed from nearby peers, with the origin as fallback.
 #[derive(Debug, Parser)]
 #[command(name = "shoal-peer", version, arg_required_else_help = true)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Play a track.
+    ///
+    /// With --data, plays straight from a local origin directory written by
+    /// `shoal-tracker import` (no network).
+    Play {
+        /// Local origin directory to play from (as written by `shoal-tracker import --data`).
+        #[arg(long, value_name = "DIR", required = true)]
+        data: PathBuf,
+        /// Where the audio goes: FILE.wav, - (raw s16le 48 kHz PCM on stdout), device or null.
+        #[arg(long, short, default_value = "device", value_name = "TARGET")]
+        output: OutputTarget,
+        /// Start this many seconds into the track.
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        start: f64,
+        /// Print the play's statistics as one JSON object on stdout at the end.
+        #[arg(long)]
+        json: bool,
+        /// The track (64 hex digits, as `shoal-tracker import` prints).
+        track: TrackId,
+    },
+}
+
+fn main() -> ExitCode {
     shoal_peer::net::init_logging();
-    let Cli {} = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Play {
+            data,
+            output,
+            start,
+            json,
+            track,
+        } => play_local(&data, &output, start, json, track),
+    }
+}
+
+fn play_local(
+    data: &std::path::Path,
+    output: &OutputTarget,
+    start: f64,
+    json: bool,
+    track: TrackId,
+) -> Result<()> {
+    if json && *output == OutputTarget::Stdout {
+        bail!("--json and --output - both want stdout; write the audio to a file or drop --json");
+    }
+    if !start.is_finite() || start < 0.0 {
+        bail!("--start must be a number of seconds ≥ 0, got {start}");
+    }
+    let began = Instant::now();
+    let store = LocalStore::open(data)?;
+    let manifest = store
+        .get_manifest(&track)
+        .with_context(|| format!("track {track}"))?;
+    let title = store
+        .get_meta(&track)
+        .map(|m| m.title)
+        .unwrap_or_else(|_| track.short());
+    let start_sample = (start * 48_000.0).round() as u64;
+    let mut decoder = TrackDecoder::new(&manifest, start_sample)?;
+    let mut sink = output.open(decoder.channels())?;
+    let mut stats = PlayStats::new(track);
+    let mut pcm = Vec::new();
+    let mut bytes = BytesBySource::default();
+    while let Some(index) = decoder.next_chunk() {
+        let info = &manifest.chunks[index];
+        let chunk = store
+            .get_chunk(&info.id)
+            .with_context(|| format!("chunk {index} of track {track}"))?;
+        bytes.origin += chunk.len() as u64;
+        pcm.clear();
+        decoder.decode_chunk(index, &chunk, &mut pcm)?;
+        sink.write(&pcm)
+            .with_context(|| format!("playing to {output}"))?;
+        if stats.time_to_first_audio_ms.is_none() && !pcm.is_empty() {
+            stats.time_to_first_audio_ms = Some(began.elapsed().as_secs_f64() * 1000.0);
+        }
+        stats.samples_played += (pcm.len() / decoder.channels()) as u64;
+    }
+    sink.finish()
+        .with_context(|| format!("playing to {output}"))?;
+    stats.set_bytes(bytes);
+    eprintln!(
+        "played {title} from {:.1} s: {:.1} s of audio to {output}, first audio after {:.1} ms",
+        start,
+        stats.samples_played as f64 / 48_000.0,
+        stats.time_to_first_audio_ms.unwrap_or(0.0)
+    );
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+    }
     Ok(())
 }

@@ -52,11 +52,45 @@ fn parse_hex32(kind: &'static str, s: &str) -> Result<[u8; ID_LEN], IdParseError
         .map_err(|_| IdParseError::WrongLength { kind, len })
 }
 
+/// Ids are hex strings in human-readable formats (JSON, TOML) and 32 raw bytes in binary ones
+/// (bincode on the wire).
+fn serialize_id<S: serde::Serializer>(bytes: &[u8; ID_LEN], s: S) -> Result<S::Ok, S::Error> {
+    if s.is_human_readable() {
+        s.serialize_str(blake3::Hash::from_bytes(*bytes).to_hex().as_str())
+    } else {
+        bytes.serialize(s)
+    }
+}
+
+fn deserialize_id<'de, D: serde::Deserializer<'de>>(
+    kind: &'static str,
+    d: D,
+) -> Result<[u8; ID_LEN], D::Error> {
+    if d.is_human_readable() {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        parse_hex32(kind, &s).map_err(serde::de::Error::custom)
+    } else {
+        <[u8; ID_LEN]>::deserialize(d)
+    }
+}
+
 macro_rules! hash_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name([u8; ID_LEN]);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize_id(&self.0, s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                deserialize_id($kind, d).map(Self)
+            }
+        }
 
         impl $name {
             /// The id of `bytes`: their BLAKE3 hash.
@@ -123,8 +157,20 @@ hash_id!(
 ///
 /// Drivers derive it from the node's authenticated libp2p key ([`NodeId::from_key`]); the
 /// simulator numbers its nodes ([`NodeId::from_index`]). Cores never see a network address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId([u8; ID_LEN]);
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serialize_id(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_id("node id", d).map(Self)
+    }
+}
 
 impl NodeId {
     /// The node id for a public-key / peer-id encoding (BLAKE3 of those bytes).

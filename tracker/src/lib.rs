@@ -6,5 +6,9 @@
 //! - `net` (feature `net`, default): HTTP API, libp2p endpoints, databases, object stores.
 
 pub mod core;
+#[cfg(feature = "import")]
+pub mod import;
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "store")]
+pub mod store;

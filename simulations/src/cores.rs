@@ -1,0 +1,145 @@
+//! Owns the integration point between the simulator and Shoal's sans-IO cores: the [`Cores`]
+//! trait (build a core per node, turn listener actions into core commands, read core events
+//! into playback statistics) and [`NoCores`], the set used while no role core is integrated.
+//!
+//! Integrating a role core means implementing [`Cores`] for a type whose `Core` is an enum over
+//! the role cores (`shoal_peer::core::FetchScheduler` for peers, its `ChunkServer` for origins,
+//! the super-peer and tracker cores) with one message enum; nothing else in the simulator
+//! changes. The simulator never decides what a client would decide: no fetch policy lives here.
+
+use shoal_protocol::{Core, Input, NodeId, Output, Time};
+
+use crate::net::{Nat, Role};
+use crate::stats::PlaybackStats;
+
+/// Message type of a core set.
+pub type Msg<C> = <<C as Cores>::Core as Core>::Message;
+/// Command type of a core set.
+pub type Cmd<C> = <<C as Cores>::Core as Core>::Command;
+/// Event type of a core set.
+pub type Evt<C> = <<C as Cores>::Core as Core>::Event;
+
+/// What the simulator knows about a node when it builds its core.
+#[derive(Debug, Clone)]
+pub struct NodeInfo<'a> {
+    /// The node's id (`NodeId::from_index`).
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Country code of its region.
+    pub region: &'a str,
+    /// Its NAT type.
+    pub nat: Nat,
+    /// Upload it grants to serving others, bytes/s.
+    pub upload_cap_bps: f64,
+    /// Cache size, bytes (peers).
+    pub cache_bytes: u64,
+    /// Tracks played before the run, oldest first (to warm the cache), as catalog indices.
+    pub history: &'a [u32],
+    /// The tracker's id.
+    pub tracker: NodeId,
+    /// Origins' ids.
+    pub origins: &'a [NodeId],
+    /// Super-peers' ids, nearest to this node first.
+    pub superpeers: &'a [NodeId],
+    /// A seed for the core's own RNG (derived from the run seed and the node).
+    pub seed: u64,
+}
+
+/// What a listener does; the core set turns it into its peer core's command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// The client starts (a session begins).
+    SessionStart,
+    /// The client quits (the session ends).
+    SessionEnd,
+    /// Play `track` now (stopping whatever plays); `next` is the track after it when the
+    /// client knows it (playlist or album order), so it may prefetch.
+    Play {
+        /// Catalog index of the track.
+        track: u32,
+        /// The following track, if predictable.
+        next: Option<u32>,
+    },
+}
+
+/// Shoal's cores as the simulator drives them.
+pub trait Cores {
+    /// One type over every role's core (an enum once several roles are integrated).
+    type Core: Core;
+
+    /// Which role cores are integrated, e.g. `"peer: shoal_peer::core 0.1"`; empty for none.
+    fn integrated(&self) -> Vec<String>;
+
+    /// True when peers run the real fetch scheduler, so playback statistics are measured.
+    fn playback_measured(&self) -> bool;
+
+    /// Wants listening history for [`NodeInfo::history`] (costs draws; skip when unused).
+    fn wants_history(&self) -> bool {
+        false
+    }
+
+    /// Bytes `msg` occupies on the wire (framing included), for bandwidth accounting.
+    fn wire_len(&self, msg: &Msg<Self>) -> u32;
+
+    /// The core for a node, or `None` when that role's core is not integrated.
+    fn spawn(&mut self, info: &NodeInfo<'_>) -> Option<Self::Core>;
+
+    /// The command that carries out a listener action on a peer's core.
+    fn command(&mut self, node: u32, action: Listen) -> Option<Cmd<Self>>;
+
+    /// Reads an event a core reported into the statistics (first audio, stutter, bytes by
+    /// source, play finished...).
+    fn observe(&mut self, now: Time, node: u32, event: Evt<Self>, stats: &mut PlaybackStats);
+}
+
+/// A core that cannot exist: the `Core` of [`NoCores`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absent {}
+
+impl Core for Absent {
+    type Message = Absent;
+    type Command = Absent;
+    type Event = Absent;
+
+    fn handle_input(&mut self, _now: Time, _input: Input<Absent, Absent>) {
+        match *self {}
+    }
+
+    fn poll_output(&mut self) -> Output<Absent, Absent> {
+        match *self {}
+    }
+}
+
+/// No role core integrated yet: the network, churn and listening models run and are
+/// measured; playback statistics are reported as absent (`null`), never invented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCores;
+
+impl Cores for NoCores {
+    type Core = Absent;
+
+    fn integrated(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn playback_measured(&self) -> bool {
+        false
+    }
+
+    fn wire_len(&self, msg: &Absent) -> u32 {
+        match *msg {}
+    }
+
+    fn spawn(&mut self, _info: &NodeInfo<'_>) -> Option<Absent> {
+        None
+    }
+
+    fn command(&mut self, _node: u32, _action: Listen) -> Option<Absent> {
+        None
+    }
+
+    fn observe(&mut self, _now: Time, _node: u32, event: Absent, _stats: &mut PlaybackStats) {
+        match event {}
+    }
+}

@@ -1,0 +1,876 @@
+//! Owns one simulation run: builds the population (regions, NAT, bandwidth, super-peer
+//! attachment), drives every node's core through the sans-IO contract from the event heap,
+//! runs the churn and listening models, injects faults, samples the time series and produces
+//! the summary. Single-threaded and deterministic: same scenario + seed ⇒ same trace hash.
+
+use std::time::Instant;
+
+use shoal_protocol::{Core, Input, NodeId, Output, Time};
+
+use crate::cores::{Cores, Listen, NodeInfo};
+use crate::engine::{Engine, Ev};
+use crate::net::{Link, Nat, NetModel, Role};
+use crate::rng::{Rng, Zipf};
+use crate::rtt::RegionMatrix;
+use crate::scenario::{FaultKind, Scenario};
+use crate::stats::{PlaybackStats, Sample, Summary, SuperPeerLoad, WorkloadStats};
+
+const SESSION_START: u8 = 0;
+const SESSION_END: u8 = 1;
+const NEXT_PLAY: u8 = 2;
+const SAMPLE: u8 = 3;
+const FAULT: u8 = 4;
+const FAULT_END: u8 = 5;
+
+/// Per-node driver state besides its link: the core and its timer.
+#[derive(Debug)]
+struct Slot<C> {
+    core: Option<C>,
+    timer_at: u64,
+    timer_gen: u32,
+}
+
+/// Per-listener workload state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listener {
+    online: bool,
+    generation: u32,
+    next: Option<u32>,
+}
+
+/// Outcome of a run: the summary plus the series and samples for plots.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// What goes to `summary.json`.
+    pub summary: Summary,
+    /// Time series rows.
+    pub series: Vec<Sample>,
+    /// Sorted first-audio latencies (ms), empty until measured.
+    pub latencies_ms: Vec<f32>,
+    /// Plays per popularity rank bucket (rank 1, 2–3, 4–7, ...): `(first rank, plays)`.
+    pub rank_plays: Vec<(u64, u64)>,
+}
+
+/// One run of a scenario with a core set.
+pub struct World<C: Cores> {
+    s: Scenario,
+    seed: u64,
+    cores: C,
+    engine: Engine<crate::cores::Msg<C>>,
+    net: NetModel,
+    links: Vec<Link>,
+    slots: Vec<Slot<C::Core>>,
+    listeners: Vec<Listener>,
+    rng: Rng,
+    net_rng: Rng,
+    zipf: Zipf,
+    peers: u32,
+    sp_range: (u32, u32),
+    origin_range: (u32, u32),
+    tracker: u32,
+    /// Super-peers by region, nearest first.
+    sp_by_region: Vec<Vec<u32>>,
+    stats: PlaybackStats,
+    work: WorkloadStats,
+    online: u64,
+    interval_plays: u64,
+    interval_skips: u64,
+    last_origin_tx: u64,
+    last_sp_tx: u64,
+    series: Vec<Sample>,
+    rank_counts: Vec<u64>,
+    misaddressed: u64,
+}
+
+impl<C: Cores> std::fmt::Debug for World<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("scenario", &self.s.run.name)
+            .field("seed", &self.seed)
+            .field("nodes", &self.links.len())
+            .field("now", &self.engine.now())
+            .field("events", &self.engine.dispatched())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bps_of_mbps(m: f64) -> f32 {
+    (m * 1e6 / 8.0).max(1.0) as f32
+}
+
+impl<C: Cores> World<C> {
+    /// Builds the population for `s` with `seed`.
+    pub fn new(s: &Scenario, seed: u64, cores: C) -> Self {
+        let regions = RegionMatrix::for_scenario(s);
+        let p = &s.population;
+        let peers = p.peers;
+        let sp0 = peers;
+        let or0 = sp0 + p.superpeers;
+        let tracker = or0 + p.origins;
+        let n = tracker + 1;
+        let mut rng = Rng::new(seed, 1);
+        let net_rng = Rng::new(seed, 2);
+        // Peers: region by weight, NAT by shares, access latency and bandwidth by distribution.
+        let wsum: f64 = p.regions.iter().map(|r| r.weight).sum();
+        let region_idx: Vec<u16> = p
+            .regions
+            .iter()
+            .map(|r| regions.index(&r.country).unwrap_or(0))
+            .collect();
+        let server_region = regions.index(&p.server_region).unwrap_or(0);
+        let mut links = Vec::with_capacity(n as usize);
+        for _ in 0..peers {
+            let mut x = rng.unit() * wsum;
+            let mut region = region_idx[region_idx.len() - 1];
+            for (r, ri) in p.regions.iter().zip(&region_idx) {
+                if x < r.weight {
+                    region = *ri;
+                    break;
+                }
+                x -= r.weight;
+            }
+            let u = rng.unit();
+            let nat = if u < s.nat.open {
+                Nat::Open
+            } else if u < s.nat.open + s.nat.cone {
+                Nat::Cone
+            } else {
+                Nat::Symmetric
+            };
+            let access_us = (s.latency.access_ms.sample(&mut rng) * 1000.0).min(1e7) as u32;
+            let down = s.bandwidth.peer_down_mbps.sample(&mut rng).max(0.064);
+            let up = down * s.bandwidth.peer_up_ratio;
+            links.push(Link::new(
+                Role::Peer,
+                region,
+                nat,
+                access_us,
+                bps_of_mbps(up),
+                bps_of_mbps(down),
+            ));
+        }
+        let server_access = (s.latency.server_access_ms * 1000.0) as u32;
+        for i in 0..p.superpeers {
+            let region = if p.superpeer_regions.is_empty() {
+                // Spread over the peers' regions in proportion to their weights.
+                let mut x = (f64::from(i) + 0.5) / f64::from(p.superpeers) * wsum;
+                let mut region = region_idx[region_idx.len() - 1];
+                for (r, ri) in p.regions.iter().zip(&region_idx) {
+                    if x < r.weight {
+                        region = *ri;
+                        break;
+                    }
+                    x -= r.weight;
+                }
+                region
+            } else {
+                let c = &p.superpeer_regions[i as usize % p.superpeer_regions.len()];
+                regions.index(c).unwrap_or(server_region)
+            };
+            let bw = bps_of_mbps(s.bandwidth.superpeer_mbps);
+            links.push(Link::new(
+                Role::SuperPeer,
+                region,
+                Nat::Open,
+                server_access,
+                bw,
+                bw,
+            ));
+        }
+        for _ in 0..p.origins {
+            let bw = bps_of_mbps(s.bandwidth.origin_mbps);
+            links.push(Link::new(
+                Role::Origin,
+                server_region,
+                Nat::Open,
+                server_access,
+                bw,
+                bw,
+            ));
+        }
+        let bw = bps_of_mbps(s.bandwidth.origin_mbps);
+        links.push(Link::new(
+            Role::Tracker,
+            server_region,
+            Nat::Open,
+            server_access,
+            bw,
+            bw,
+        ));
+
+        let net = NetModel {
+            regions,
+            jitter_us: s.latency.jitter_ms * 1000.0,
+            loss: s.latency.loss,
+            hole_punch_success: s.nat.hole_punch_success,
+            seed: seed ^ 0x6e61_7470_756e_6368,
+            dial_timeout_us: (s.latency.dial_timeout_ms * 1000.0) as u64,
+        };
+        // Super-peers nearest first, per region.
+        let nregions = net.regions.names.len();
+        let sp_by_region: Vec<Vec<u32>> = (0..nregions as u16)
+            .map(|r| {
+                let mut v: Vec<u32> = (sp0..or0).collect();
+                v.sort_by_key(|&sp| (net.regions.rtt_us(r, links[sp as usize].region), sp));
+                v
+            })
+            .collect();
+        let zipf = Zipf::new(u64::from(s.catalog.tracks), s.catalog.zipf_alpha);
+        let tracked = (s.catalog.tracks as usize).min(1 << 20);
+        let mut w = Self {
+            s: s.clone(),
+            seed,
+            cores,
+            engine: Engine::new(),
+            net,
+            links,
+            slots: Vec::new(),
+            listeners: vec![Listener::default(); peers as usize],
+            rng,
+            net_rng,
+            zipf,
+            peers,
+            sp_range: (sp0, or0),
+            origin_range: (or0, tracker),
+            tracker,
+            sp_by_region,
+            stats: PlaybackStats::default(),
+            work: WorkloadStats::default(),
+            online: 0,
+            interval_plays: 0,
+            interval_skips: 0,
+            last_origin_tx: 0,
+            last_sp_tx: 0,
+            series: Vec::new(),
+            rank_counts: vec![0; tracked + 1],
+            misaddressed: 0,
+        };
+        for i in 0..peers {
+            w.attach(i);
+        }
+        // Cores.
+        let origins: Vec<NodeId> = (or0..tracker)
+            .map(|i| NodeId::from_index(u64::from(i)))
+            .collect();
+        let mut slots = Vec::with_capacity(n as usize);
+        let mut history = Vec::new();
+        for i in 0..n {
+            let link = &w.links[i as usize];
+            let sps: Vec<NodeId> = w.sp_by_region[link.region as usize]
+                .iter()
+                .map(|&x| NodeId::from_index(u64::from(x)))
+                .collect();
+            history.clear();
+            let mut cache_bytes = 0;
+            if link.role == Role::Peer {
+                cache_bytes = (w.s.cache.size_mb.sample(&mut w.rng) * 1e6) as u64;
+                if w.cores.wants_history() {
+                    for _ in 0..w.s.cache.history_plays {
+                        history.push(w.zipf.sample(&mut w.rng) as u32 - 1);
+                    }
+                }
+            }
+            let upload_cap_bps = f64::from(link.up_bps)
+                * if link.role == Role::Peer {
+                    w.s.bandwidth.peer_upload_share
+                } else {
+                    1.0
+                };
+            let info = NodeInfo {
+                id: NodeId::from_index(u64::from(i)),
+                role: link.role,
+                region: &w.net.regions.names[link.region as usize],
+                nat: link.nat,
+                upload_cap_bps,
+                cache_bytes,
+                history: &history,
+                tracker: NodeId::from_index(u64::from(tracker)),
+                origins: &origins,
+                superpeers: &sps,
+                seed: crate::rng::mix64(seed ^ (u64::from(i) << 20) ^ 0xC0DE),
+            };
+            slots.push(Slot {
+                core: w.cores.spawn(&info),
+                timer_at: u64::MAX,
+                timer_gen: 0,
+            });
+        }
+        w.slots = slots;
+        w
+    }
+
+    /// Attaches peer `i` to the nearest live super-peer (its relay), if any.
+    fn attach(&mut self, i: u32) -> u32 {
+        let region = self.links[i as usize].region as usize;
+        let relay = self.sp_by_region[region]
+            .iter()
+            .copied()
+            .find(|&sp| self.links[sp as usize].up)
+            .unwrap_or(u32::MAX);
+        self.links[i as usize].relay = relay;
+        relay
+    }
+
+    /// Runs to the end; `progress(sim_seconds, events)` is called now and then.
+    pub fn run(mut self, progress: &mut dyn FnMut(f64, u64)) -> RunOutput {
+        let wall = Instant::now();
+        let end = Time::from_micros((self.s.run.duration_s * 1e6) as u64);
+        self.schedule_initial();
+        // Boot every core (its first poll sets its timers and initial messages).
+        for i in 0..self.slots.len() as u32 {
+            if self.slots[i as usize].core.is_some() {
+                self.drain(i);
+            }
+        }
+        let mut next_progress = 0u64;
+        while let Some(t) = self.engine.peek_time() {
+            if t > end {
+                break;
+            }
+            let Some((now, ev)) = self.engine.pop() else {
+                break;
+            };
+            self.dispatch(now, ev);
+            if self.engine.dispatched() >= next_progress {
+                next_progress = self.engine.dispatched() + 100_000;
+                progress(now.as_micros() as f64 / 1e6, self.engine.dispatched());
+            }
+        }
+        progress(self.s.run.duration_s, self.engine.dispatched());
+        self.finish(wall.elapsed().as_secs_f64())
+    }
+
+    fn schedule_initial(&mut self) {
+        // Churn in steady state: online with probability E[on] / (E[on] + E[off]).
+        let on = self.s.churn.session_min.mean();
+        let off = self.s.churn.offline_min.mean();
+        let p_on = if on.is_finite() && off.is_finite() {
+            on / (on + off)
+        } else {
+            0.5
+        };
+        for i in 0..self.peers {
+            let (kind, after_min) = if self.rng.chance(p_on) {
+                self.start_session(i, Time::ZERO);
+                self.command(i, Listen::SessionStart);
+                (
+                    SESSION_END,
+                    self.s.churn.session_min.sample(&mut self.rng) * self.rng.unit(),
+                )
+            } else {
+                self.links[i as usize].up = false;
+                (
+                    SESSION_START,
+                    self.s.churn.offline_min.sample(&mut self.rng) * self.rng.unit(),
+                )
+            };
+            let at = Time::from_micros((after_min * 60e6) as u64);
+            self.engine.schedule(
+                at,
+                Ev::App {
+                    node: i,
+                    kind,
+                    aux: 0,
+                },
+            );
+        }
+        let step = (self.s.run.sample_interval_s * 1e6) as u64;
+        self.engine.schedule(
+            Time::from_micros(step),
+            Ev::App {
+                node: 0,
+                kind: SAMPLE,
+                aux: 0,
+            },
+        );
+        for (i, f) in self.s.faults.iter().enumerate() {
+            self.engine.schedule(
+                Time::from_micros((f.at_s * 1e6) as u64),
+                Ev::App {
+                    node: i as u32,
+                    kind: FAULT,
+                    aux: 0,
+                },
+            );
+        }
+    }
+
+    fn dispatch(&mut self, now: Time, ev: Ev) {
+        match ev {
+            Ev::Deliver { to, from, slot } => {
+                let Some(msg) = self.engine.msgs.take(slot) else {
+                    return;
+                };
+                let up = self.links[to as usize].up;
+                match self.slots[to as usize].core.as_mut() {
+                    Some(core) if up => {
+                        core.handle_input(
+                            now,
+                            Input::Message {
+                                from: NodeId::from_index(u64::from(from)),
+                                msg,
+                            },
+                        );
+                        self.drain(to);
+                    }
+                    _ => {
+                        // The receiver went away while the message was in flight.
+                        self.engine
+                            .schedule(now, Ev::Disconnected { to: from, peer: to });
+                    }
+                }
+            }
+            Ev::Timer { node, generation } => {
+                let slot = &mut self.slots[node as usize];
+                if slot.timer_gen != generation || !self.links[node as usize].up {
+                    return;
+                }
+                slot.timer_at = u64::MAX;
+                if let Some(core) = slot.core.as_mut() {
+                    core.handle_input(now, Input::Timeout);
+                    self.drain(node);
+                }
+            }
+            Ev::Disconnected { to, peer } => {
+                if !self.links[to as usize].up {
+                    return;
+                }
+                if let Some(core) = self.slots[to as usize].core.as_mut() {
+                    core.handle_input(
+                        now,
+                        Input::Disconnected(NodeId::from_index(u64::from(peer))),
+                    );
+                    self.drain(to);
+                }
+            }
+            Ev::App { node, kind, aux } => self.app(now, node, kind, aux),
+        }
+    }
+
+    /// Drains node `i`'s outputs: sends go over the link model, events to the core set, the
+    /// final timeout becomes a timer event.
+    fn drain(&mut self, i: u32) {
+        let now = self.engine.now();
+        loop {
+            let Some(core) = self.slots[i as usize].core.as_mut() else {
+                return;
+            };
+            match core.poll_output() {
+                Output::Send { to, msg } => {
+                    let Some(to) = to.index().filter(|&t| t < self.links.len() as u64) else {
+                        self.misaddressed += 1;
+                        continue;
+                    };
+                    let to = to as u32;
+                    let len = self.cores.wire_len(&msg);
+                    match self.net.send(
+                        &mut self.links,
+                        i,
+                        to,
+                        len,
+                        now.as_micros(),
+                        &mut self.net_rng,
+                    ) {
+                        Some(at) => {
+                            let slot = self.engine.msgs.insert(msg);
+                            self.engine
+                                .schedule(Time::from_micros(at), Ev::Deliver { to, from: i, slot });
+                        }
+                        None => {
+                            let at =
+                                now + std::time::Duration::from_micros(self.net.dial_timeout_us);
+                            self.engine
+                                .schedule(at, Ev::Disconnected { to: i, peer: to });
+                        }
+                    }
+                }
+                Output::Event(e) => self.cores.observe(now, i, e, &mut self.stats),
+                Output::Timeout(t) => {
+                    let slot = &mut self.slots[i as usize];
+                    if t.as_micros() != slot.timer_at {
+                        slot.timer_at = t.as_micros();
+                        slot.timer_gen = slot.timer_gen.wrapping_add(1);
+                        if t != Time::NEVER {
+                            self.engine.schedule(
+                                t,
+                                Ev::Timer {
+                                    node: i,
+                                    generation: slot.timer_gen,
+                                },
+                            );
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, node: u32, action: Listen) {
+        let now = self.engine.now();
+        if let Some(cmd) = self.cores.command(node, action) {
+            if let Some(core) = self.slots[node as usize].core.as_mut() {
+                core.handle_input(now, Input::Command(cmd));
+                self.drain(node);
+            }
+        }
+    }
+
+    fn start_session(&mut self, i: u32, now: Time) {
+        self.links[i as usize].up = true;
+        let l = &mut self.listeners[i as usize];
+        l.online = true;
+        l.generation = l.generation.wrapping_add(1);
+        l.next = None;
+        self.online += 1;
+        self.work.sessions += 1;
+        if self.links[i as usize].relay == u32::MAX
+            || !self.links[self.links[i as usize].relay as usize].up
+        {
+            self.attach(i);
+        }
+        let generation = self.listeners[i as usize].generation;
+        self.engine.schedule(
+            now,
+            Ev::App {
+                node: i,
+                kind: NEXT_PLAY,
+                aux: generation,
+            },
+        );
+    }
+
+    fn app(&mut self, now: Time, node: u32, kind: u8, aux: u32) {
+        match kind {
+            SESSION_START => {
+                self.start_session(node, now);
+                self.command(node, Listen::SessionStart);
+                let m = self.s.churn.session_min.sample(&mut self.rng);
+                let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
+                self.engine.schedule(
+                    at,
+                    Ev::App {
+                        node,
+                        kind: SESSION_END,
+                        aux: 0,
+                    },
+                );
+            }
+            SESSION_END => {
+                self.command(node, Listen::SessionEnd);
+                self.links[node as usize].up = false;
+                let l = &mut self.listeners[node as usize];
+                l.online = false;
+                l.generation = l.generation.wrapping_add(1);
+                self.online -= 1;
+                // Its process is gone: pending timers are void.
+                let slot = &mut self.slots[node as usize];
+                slot.timer_gen = slot.timer_gen.wrapping_add(1);
+                slot.timer_at = u64::MAX;
+                let m = self.s.churn.offline_min.sample(&mut self.rng);
+                let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
+                self.engine.schedule(
+                    at,
+                    Ev::App {
+                        node,
+                        kind: SESSION_START,
+                        aux: 0,
+                    },
+                );
+            }
+            NEXT_PLAY => {
+                let l = self.listeners[node as usize];
+                if !l.online || l.generation != aux {
+                    return;
+                }
+                let track = l.next.unwrap_or_else(|| self.draw_track(now));
+                let next = self
+                    .rng
+                    .chance(self.s.listening.playlist_continuation)
+                    .then(|| self.draw_track(now));
+                self.listeners[node as usize].next = next;
+                self.work.plays += 1;
+                self.interval_plays += 1;
+                if next.is_some() {
+                    self.work.predictable_next += 1;
+                }
+                if track >= self.s.catalog.tracks {
+                    self.work.release_plays += 1;
+                } else if let Some(c) = self.rank_counts.get_mut(track as usize) {
+                    *c += 1;
+                }
+                let dur = self.track_duration_s(track);
+                let listen = self.listen_time_s(dur);
+                if listen < dur {
+                    self.work.skips += 1;
+                    self.interval_skips += 1;
+                }
+                self.command(node, Listen::Play { track, next });
+                let gap = self.s.listening.gap_s.sample(&mut self.rng);
+                let at =
+                    now + std::time::Duration::from_micros(((listen + gap) * 1e6).max(1e5) as u64);
+                self.engine.schedule(
+                    at,
+                    Ev::App {
+                        node,
+                        kind: NEXT_PLAY,
+                        aux,
+                    },
+                );
+            }
+            SAMPLE => {
+                self.sample(now);
+                let step = (self.s.run.sample_interval_s * 1e6) as u64;
+                self.engine.schedule(
+                    now + std::time::Duration::from_micros(step),
+                    Ev::App {
+                        node: 0,
+                        kind: SAMPLE,
+                        aux: 0,
+                    },
+                );
+            }
+            FAULT | FAULT_END => self.fault(now, node as usize, kind == FAULT),
+            _ => {}
+        }
+    }
+
+    fn fault(&mut self, now: Time, idx: usize, start: bool) {
+        let f = self.s.faults[idx].clone();
+        let (lo, hi) = match f.kind {
+            FaultKind::SuperpeerCrash => self.sp_range,
+            FaultKind::OriginOutage => self.origin_range,
+        };
+        let count = ((f64::from(hi - lo) * f.fraction).round() as u32).min(hi - lo);
+        for node in lo..lo + count {
+            self.links[node as usize].up = !start;
+            let slot = &mut self.slots[node as usize];
+            slot.timer_gen = slot.timer_gen.wrapping_add(1);
+            slot.timer_at = u64::MAX;
+            if start && f.kind == FaultKind::SuperpeerCrash {
+                // A crash loses the process state; a restart builds a fresh core.
+                slot.core = None;
+            }
+        }
+        if start && f.kind == FaultKind::SuperpeerCrash {
+            // Leaves of crashed super-peers lose their relay and are told.
+            for p in 0..self.peers {
+                let r = self.links[p as usize].relay;
+                if r != u32::MAX && (lo..lo + count).contains(&r) {
+                    self.attach(p);
+                    if self.links[p as usize].up {
+                        self.engine
+                            .schedule(now, Ev::Disconnected { to: p, peer: r });
+                    }
+                }
+            }
+        }
+        if !start && f.kind == FaultKind::SuperpeerCrash {
+            for node in lo..lo + count {
+                self.respawn(node);
+            }
+        }
+        if start {
+            if let Some(r) = f.restart_after_s {
+                let at = now + std::time::Duration::from_micros((r * 1e6) as u64);
+                self.engine.schedule(
+                    at,
+                    Ev::App {
+                        node: idx as u32,
+                        kind: FAULT_END,
+                        aux: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    fn respawn(&mut self, node: u32) {
+        let link = &self.links[node as usize];
+        let sps: Vec<NodeId> = self.sp_by_region[link.region as usize]
+            .iter()
+            .map(|&x| NodeId::from_index(u64::from(x)))
+            .collect();
+        let origins: Vec<NodeId> = (self.origin_range.0..self.origin_range.1)
+            .map(|i| NodeId::from_index(u64::from(i)))
+            .collect();
+        let info = NodeInfo {
+            id: NodeId::from_index(u64::from(node)),
+            role: link.role,
+            region: &self.net.regions.names[link.region as usize],
+            nat: link.nat,
+            upload_cap_bps: f64::from(link.up_bps),
+            cache_bytes: 0,
+            history: &[],
+            tracker: NodeId::from_index(u64::from(self.tracker)),
+            origins: &origins,
+            superpeers: &sps,
+            seed: crate::rng::mix64(self.seed ^ (u64::from(node) << 20) ^ 0x0BAD),
+        };
+        self.slots[node as usize].core = self.cores.spawn(&info);
+        self.drain(node);
+    }
+
+    fn draw_track(&mut self, now: Time) -> u32 {
+        let t = now.as_micros() as f64 / 1e6;
+        for (i, r) in self.s.catalog.releases.iter().enumerate() {
+            if t >= r.at_s && t < r.at_s + r.window_s && self.rng.chance(r.play_share) {
+                return self.s.catalog.tracks + i as u32;
+            }
+        }
+        self.zipf.sample(&mut self.rng) as u32 - 1
+    }
+
+    /// Duration of a track, seconds: a fixed draw per track (no per-track storage).
+    pub fn track_duration_s(&self, track: u32) -> f64 {
+        let mut r = Rng::new(self.seed ^ 0x7472_6163_6b73, u64::from(track));
+        self.s.catalog.track_duration_s.sample(&mut r).max(1.0)
+    }
+
+    /// How long the listener stays on a track of `dur` seconds (skip model).
+    fn listen_time_s(&mut self, dur: f64) -> f64 {
+        let l = &self.s.listening;
+        let u = self.rng.unit();
+        if u < l.skip_within_5s {
+            self.rng.uniform(0.5, 5.0_f64.min(dur))
+        } else if u < l.skip_within_30s {
+            self.rng.uniform(5.0_f64.min(dur), 30.0_f64.min(dur))
+        } else if u < l.skip_before_end {
+            self.rng.uniform(30.0_f64.min(dur), dur)
+        } else {
+            dur
+        }
+    }
+
+    fn sample(&mut self, now: Time) {
+        let step = self.s.run.sample_interval_s;
+        let origin_tx: u64 = (self.origin_range.0..self.origin_range.1)
+            .map(|i| self.links[i as usize].tx_bytes)
+            .sum();
+        let sp_tx: u64 = (self.sp_range.0..self.sp_range.1)
+            .map(|i| self.links[i as usize].tx_bytes + self.links[i as usize].relayed_bytes)
+            .sum();
+        let row = Sample {
+            t_s: now.as_micros() as f64 / 1e6,
+            online_peers: self.online,
+            plays: std::mem::take(&mut self.interval_plays),
+            skips: std::mem::take(&mut self.interval_skips),
+            events: self.engine.dispatched(),
+            origin_egress_mbps: (origin_tx - self.last_origin_tx) as f64 * 8.0 / 1e6 / step,
+            superpeer_mbps: (sp_tx - self.last_sp_tx) as f64 * 8.0 / 1e6 / step,
+            bytes: self.stats.take_interval(),
+        };
+        self.last_origin_tx = origin_tx;
+        self.last_sp_tx = sp_tx;
+        self.series.push(row);
+    }
+
+    fn finish(self, wall_s: f64) -> RunOutput {
+        let measured = self.cores.playback_measured();
+        let any_core = !self.cores.integrated().is_empty();
+        let (pct, stutter, bytes) = self.stats.summary();
+        let mut notes = Vec::new();
+        if !measured {
+            notes.push(
+                "playback statistics (time_to_first_audio_ms, stutter_rate, bytes_by_source, \
+                 share_by_source) are null: the peer core (shoal_peer::core) is not integrated \
+                 into the simulator yet, and shoal-sim never substitutes a fetch policy of its own"
+                    .to_string(),
+            );
+        }
+        if !any_core {
+            notes.push(
+                "origin_egress_peak_mbps and superpeer_load are null: no role core runs, so no \
+                 node sends traffic"
+                    .to_string(),
+            );
+        }
+        if self.misaddressed > 0 {
+            notes.push(format!(
+                "{} messages to unknown node ids were dropped",
+                self.misaddressed
+            ));
+        }
+        let mut work = self.work.clone();
+        if !self.series.is_empty() {
+            work.mean_online = self
+                .series
+                .iter()
+                .map(|r| r.online_peers as f64)
+                .sum::<f64>()
+                / self.series.len() as f64;
+            work.peak_online = self
+                .series
+                .iter()
+                .map(|r| r.online_peers)
+                .max()
+                .unwrap_or(0);
+        }
+        let catalog_plays: u64 = self.rank_counts.iter().sum();
+        let top =
+            ((f64::from(self.s.catalog.tracks) * 0.12).ceil() as usize).min(self.rank_counts.len());
+        if catalog_plays > 0 {
+            work.top12pct_play_share =
+                self.rank_counts[..top].iter().sum::<u64>() as f64 / catalog_plays as f64;
+        }
+        let mut rank_plays = Vec::new();
+        let mut lo = 1usize;
+        while lo <= self.rank_counts.len() {
+            let hi = (lo * 2).min(self.rank_counts.len() + 1);
+            rank_plays.push((lo as u64, self.rank_counts[lo - 1..hi - 1].iter().sum()));
+            lo = hi;
+        }
+        let sps = f64::from(self.s.population.superpeers.max(1));
+        let superpeer_load = any_core.then(|| SuperPeerLoad {
+            peak_mbps: self
+                .series
+                .iter()
+                .map(|r| r.superpeer_mbps)
+                .fold(0.0, f64::max),
+            mean_per_superpeer_mbps: self.series.iter().map(|r| r.superpeer_mbps).sum::<f64>()
+                / self.series.len().max(1) as f64
+                / sps,
+            relayed_bytes: (self.sp_range.0..self.sp_range.1)
+                .map(|i| self.links[i as usize].relayed_bytes)
+                .sum(),
+            served_bytes: (self.sp_range.0..self.sp_range.1)
+                .map(|i| self.links[i as usize].tx_bytes)
+                .sum(),
+        });
+        let summary = Summary {
+            scenario: self.s.run.name.clone(),
+            seed: self.seed,
+            sets: Vec::new(),
+            peers: self.peers,
+            superpeers: self.s.population.superpeers,
+            duration_s: self.s.run.duration_s,
+            cores: self.cores.integrated(),
+            time_to_first_audio_ms: if measured { pct } else { None },
+            stutter_rate: if measured { stutter } else { None },
+            bytes_by_source: measured.then_some(bytes),
+            share_by_source: measured.then(|| bytes.shares()),
+            origin_egress_peak_mbps: any_core.then(|| {
+                self.series
+                    .iter()
+                    .map(|r| r.origin_egress_mbps)
+                    .fold(0.0, f64::max)
+            }),
+            superpeer_load,
+            workload: work,
+            events: self.engine.dispatched(),
+            trace_hash: self.engine.trace_hash(),
+            notes,
+            wall_s,
+        };
+        RunOutput {
+            summary,
+            series: self.series,
+            latencies_ms: if measured {
+                self.stats.latencies_sorted()
+            } else {
+                Vec::new()
+            },
+            rank_plays,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! End-to-end checks of `shoal-sim`: determinism by trace hash, the `small` scenario's sanity
+//! and speed, every shipped scenario loads, and bad input leaves no output directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use shoal_sim::bench::TrafficCores;
+use shoal_sim::cores::NoCores;
+use shoal_sim::output;
+use shoal_sim::scenario;
+use shoal_sim::sim::World;
+
+fn scenario_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+fn small() -> scenario::Scenario {
+    scenario::load(&scenario_path("small"), &[])
+        .expect("small loads")
+        .scenario
+}
+
+#[test]
+fn every_shipped_scenario_loads() {
+    for name in [
+        "small",
+        "spotify-2010",
+        "flash-crowd",
+        "nat-heavy",
+        "superpeer-crash",
+    ] {
+        let l = scenario::load(&scenario_path(name), &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(l.scenario.run.name, name);
+    }
+}
+
+#[test]
+fn same_seed_same_trace_hash_workload_only() {
+    let s = small();
+    let a = World::new(&s, 5, NoCores).run(&mut |_, _| {});
+    let b = World::new(&s, 5, NoCores).run(&mut |_, _| {});
+    let c = World::new(&s, 6, NoCores).run(&mut |_, _| {});
+    assert_eq!(a.summary.trace_hash, b.summary.trace_hash);
+    assert_ne!(a.summary.trace_hash, c.summary.trace_hash);
+    // Everything but wall_s is identical.
+    let strip = |r: &shoal_sim::sim::RunOutput| {
+        let mut s = r.summary.clone();
+        s.wall_s = 0.0;
+        serde_json::to_string(&s).expect("serialises")
+    };
+    assert_eq!(strip(&a), strip(&b));
+}
+
+#[test]
+fn same_seed_same_trace_hash_with_traffic_through_links() {
+    // Messages, timers, NAT relays, churn and a super-peer crash all go through the engine.
+    let s = small();
+    let run = |seed| {
+        let nodes =
+            u64::from(s.population.peers + s.population.superpeers + s.population.origins + 1);
+        let cores = TrafficCores {
+            nodes,
+            period: Duration::from_secs(2),
+            replies: 0,
+        };
+        World::new(&s, seed, cores).run(&mut |_, _| {})
+    };
+    let a = run(11);
+    let b = run(11);
+    assert!(a.summary.events > 50_000, "{} events", a.summary.events);
+    assert_eq!(a.summary.trace_hash, b.summary.trace_hash);
+    assert_eq!(a.summary.superpeer_load, b.summary.superpeer_load);
+    let load = a.summary.superpeer_load.expect("traffic measured");
+    assert!(load.relayed_bytes > 0, "symmetric-NAT pairs are relayed");
+    assert_ne!(run(12).summary.trace_hash, a.summary.trace_hash);
+}
+
+#[test]
+fn small_scenario_is_fast_and_sane() {
+    let s = small();
+    let t = Instant::now();
+    let r = World::new(&s, s.run.seed, NoCores).run(&mut |_, _| {});
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let sm = &r.summary;
+    assert!(sm.workload.plays > 100, "{} plays", sm.workload.plays);
+    assert!(sm.workload.skips < sm.workload.plays);
+    assert!(sm.workload.mean_online > 0.0);
+    assert_eq!(
+        r.series.len(),
+        (s.run.duration_s / s.run.sample_interval_s) as usize
+    );
+    // Zipf α = 1.1 over 5000 tracks: most plays go to the top 12%.
+    assert!(
+        sm.workload.top12pct_play_share > 0.7,
+        "{}",
+        sm.workload.top12pct_play_share
+    );
+    // Without the peer core, playback statistics are absent, not invented.
+    assert!(sm.time_to_first_audio_ms.is_none());
+    assert!(sm.stutter_rate.is_none());
+    assert!(sm.share_by_source.is_none());
+    assert!(!sm.notes.is_empty());
+    // When measured, shares sum to 1 (checked on whatever is present).
+    if let Some(sh) = sm.share_by_source {
+        assert!((sh.cache + sh.peers + sh.superpeers + sh.origin - 1.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn run_writes_outputs_and_refuses_non_empty_dir() {
+    let base = std::env::temp_dir().join(format!("shoal-sim-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("tmp");
+    let out = base.join("run");
+    let s = small();
+    let r = World::new(&s, 1, NoCores).run(&mut |_, _| {});
+    output::write_run_dir(&out, &r).expect("writes");
+    for f in [
+        "summary.json",
+        "timeseries.csv",
+        "popularity.csv",
+        "online_peers.png",
+        "online_peers.svg",
+        "plays.png",
+        "popularity.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("read"))
+            .expect("json");
+    for k in [
+        "time_to_first_audio_ms",
+        "stutter_rate",
+        "bytes_by_source",
+        "share_by_source",
+        "events",
+        "wall_s",
+    ] {
+        assert!(json.get(k).is_some(), "summary lacks {k}");
+    }
+    // A non-empty destination is refused and no staging directory is left behind.
+    assert!(output::write_run_dir(&out, &r).is_err());
+    let leftovers: Vec<_> = std::fs::read_dir(&base)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}
+
+#[test]
+fn cli_bad_input_is_one_clear_error_and_no_output() {
+    let bin = env!("CARGO_BIN_EXE_shoal-sim");
+    let base = std::env::temp_dir().join(format!("shoal-sim-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    std::fs::create_dir_all(&base).expect("tmp");
+    let bad = base.join("bad.toml");
+    std::fs::write(&bad, "[population]\npeers = 10\nsuperpeers = 20\n").expect("write");
+    let out = base.join("out");
+    let o = std::process::Command::new(bin)
+        .args([
+            "run",
+            bad.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.toml:3") && err.contains("population.superpeers"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // --set errors name the assignment.
+    let o = std::process::Command::new(bin)
+        .args([
+            "run",
+            scenario_path("small").to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+            "--set",
+            "catalog.zipf_alpha=-1",
+        ])
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--set catalog.zipf_alpha=-1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}

@@ -127,9 +127,9 @@ pub fn write_run(dir: &Path, out: &RunOutput) -> Result<(), OutputError> {
         ));
     }
     write(&dir.join("timeseries.csv"), csv.as_bytes())?;
-    let mut pop = String::from("first_rank,plays\n");
-    for (r, n) in &out.rank_plays {
-        pop.push_str(&format!("{r},{n}\n"));
+    let mut pop = String::from("first_rank,last_rank,plays\n");
+    for (lo, hi, n) in &out.rank_plays {
+        pop.push_str(&format!("{lo},{hi},{n}\n"));
     }
     write(&dir.join("popularity.csv"), pop.as_bytes())?;
     if !out.latencies_ms.is_empty() {

@@ -146,12 +146,12 @@ pub fn plot_run(dir: &Path, out: &RunOutput) -> Result<(), OutputError> {
     let pop: Vec<(f64, f64)> = out
         .rank_plays
         .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|&(lo, n)| {
-            // Buckets are [lo, 2lo): plays per rank in the bucket, at its geometric middle.
-            let width = lo as f64;
+        .filter(|(_, _, n)| *n > 0)
+        .map(|&(lo, hi, n)| {
+            // Plays per rank in the bucket [lo, hi], at its geometric middle.
+            let width = (hi - lo + 1) as f64;
             (
-                (lo as f64 * std::f64::consts::SQRT_2).log10(),
+                ((lo as f64) * (hi as f64)).sqrt().log10(),
                 (n as f64 / width).log10(),
             )
         })

@@ -47,8 +47,9 @@ pub struct RunOutput {
     pub series: Vec<Sample>,
     /// Sorted first-audio latencies (ms), empty until measured.
     pub latencies_ms: Vec<f32>,
-    /// Plays per popularity rank bucket (rank 1, 2–3, 4–7, ...): `(first rank, plays)`.
-    pub rank_plays: Vec<(u64, u64)>,
+    /// Plays per popularity rank bucket (rank 1, 2–3, 4–7, ...): `(first rank, last rank,
+    /// plays)`.
+    pub rank_plays: Vec<(u64, u64, u64)>,
 }
 
 /// One run of a scenario with a core set.
@@ -61,8 +62,14 @@ pub struct World<C: Cores> {
     links: Vec<Link>,
     slots: Vec<Slot<C::Core>>,
     listeners: Vec<Listener>,
+    /// Population building.
     rng: Rng,
+    /// Link jitter and loss.
     net_rng: Rng,
+    /// Sessions (separate streams keep churn identical when listening parameters vary).
+    churn_rng: Rng,
+    /// Track choices, skips, gaps.
+    listen_rng: Rng,
     zipf: Zipf,
     peers: u32,
     sp_range: (u32, u32),
@@ -228,6 +235,8 @@ impl<C: Cores> World<C> {
             listeners: vec![Listener::default(); peers as usize],
             rng,
             net_rng,
+            churn_rng: Rng::new(seed, 3),
+            listen_rng: Rng::new(seed, 4),
             zipf,
             peers,
             sp_range: (sp0, or0),
@@ -350,18 +359,18 @@ impl<C: Cores> World<C> {
             0.5
         };
         for i in 0..self.peers {
-            let (kind, after_min) = if self.rng.chance(p_on) {
+            let (kind, after_min) = if self.churn_rng.chance(p_on) {
                 self.start_session(i, Time::ZERO);
                 self.command(i, Listen::SessionStart);
                 (
                     SESSION_END,
-                    self.s.churn.session_min.sample(&mut self.rng) * self.rng.unit(),
+                    self.s.churn.session_min.sample(&mut self.churn_rng) * self.churn_rng.unit(),
                 )
             } else {
                 self.links[i as usize].up = false;
                 (
                     SESSION_START,
-                    self.s.churn.offline_min.sample(&mut self.rng) * self.rng.unit(),
+                    self.s.churn.offline_min.sample(&mut self.churn_rng) * self.churn_rng.unit(),
                 )
             };
             let at = Time::from_micros((after_min * 60e6) as u64);
@@ -545,7 +554,7 @@ impl<C: Cores> World<C> {
             SESSION_START => {
                 self.start_session(node, now);
                 self.command(node, Listen::SessionStart);
-                let m = self.s.churn.session_min.sample(&mut self.rng);
+                let m = self.s.churn.session_min.sample(&mut self.churn_rng);
                 let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
                 self.engine.schedule(
                     at,
@@ -567,7 +576,7 @@ impl<C: Cores> World<C> {
                 let slot = &mut self.slots[node as usize];
                 slot.timer_gen = slot.timer_gen.wrapping_add(1);
                 slot.timer_at = u64::MAX;
-                let m = self.s.churn.offline_min.sample(&mut self.rng);
+                let m = self.s.churn.offline_min.sample(&mut self.churn_rng);
                 let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
                 self.engine.schedule(
                     at,
@@ -585,7 +594,7 @@ impl<C: Cores> World<C> {
                 }
                 let track = l.next.unwrap_or_else(|| self.draw_track(now));
                 let next = self
-                    .rng
+                    .listen_rng
                     .chance(self.s.listening.playlist_continuation)
                     .then(|| self.draw_track(now));
                 self.listeners[node as usize].next = next;
@@ -606,7 +615,7 @@ impl<C: Cores> World<C> {
                     self.interval_skips += 1;
                 }
                 self.command(node, Listen::Play { track, next });
-                let gap = self.s.listening.gap_s.sample(&mut self.rng);
+                let gap = self.s.listening.gap_s.sample(&mut self.listen_rng);
                 let at =
                     now + std::time::Duration::from_micros(((listen + gap) * 1e6).max(1e5) as u64);
                 self.engine.schedule(
@@ -714,11 +723,11 @@ impl<C: Cores> World<C> {
     fn draw_track(&mut self, now: Time) -> u32 {
         let t = now.as_micros() as f64 / 1e6;
         for (i, r) in self.s.catalog.releases.iter().enumerate() {
-            if t >= r.at_s && t < r.at_s + r.window_s && self.rng.chance(r.play_share) {
+            if t >= r.at_s && t < r.at_s + r.window_s && self.listen_rng.chance(r.play_share) {
                 return self.s.catalog.tracks + i as u32;
             }
         }
-        self.zipf.sample(&mut self.rng) as u32 - 1
+        self.zipf.sample(&mut self.listen_rng) as u32 - 1
     }
 
     /// Duration of a track, seconds: a fixed draw per track (no per-track storage).
@@ -730,13 +739,14 @@ impl<C: Cores> World<C> {
     /// How long the listener stays on a track of `dur` seconds (skip model).
     fn listen_time_s(&mut self, dur: f64) -> f64 {
         let l = &self.s.listening;
-        let u = self.rng.unit();
+        let r = &mut self.listen_rng;
+        let u = r.unit();
         if u < l.skip_within_5s {
-            self.rng.uniform(0.5, 5.0_f64.min(dur))
+            r.uniform(0.5_f64.min(dur), 5.0_f64.min(dur))
         } else if u < l.skip_within_30s {
-            self.rng.uniform(5.0_f64.min(dur), 30.0_f64.min(dur))
+            r.uniform(5.0_f64.min(dur), 30.0_f64.min(dur))
         } else if u < l.skip_before_end {
-            self.rng.uniform(30.0_f64.min(dur), dur)
+            r.uniform(30.0_f64.min(dur), dur)
         } else {
             dur
         }
@@ -817,7 +827,11 @@ impl<C: Cores> World<C> {
         let mut lo = 1usize;
         while lo <= self.rank_counts.len() {
             let hi = (lo * 2).min(self.rank_counts.len() + 1);
-            rank_plays.push((lo as u64, self.rank_counts[lo - 1..hi - 1].iter().sum()));
+            rank_plays.push((
+                lo as u64,
+                hi as u64 - 1,
+                self.rank_counts[lo - 1..hi - 1].iter().sum(),
+            ));
             lo = hi;
         }
         let sps = f64::from(self.s.population.superpeers.max(1));

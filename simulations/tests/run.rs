@@ -221,7 +221,7 @@ fn sweep_runs_grid_and_keeps_churn_fixed_across_listening_values() {
     let online: Vec<&str> = csv
         .lines()
         .skip(1)
-        .map(|l| l.split(',').nth(13).unwrap_or(""))
+        .map(|l| l.split(',').nth(12).unwrap_or(""))
         .collect();
     assert_eq!(online[0], online[1], "{csv}");
     std::fs::remove_dir_all(&base).expect("cleanup");

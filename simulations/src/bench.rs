@@ -140,7 +140,14 @@ impl Cores for TrafficCores {
         }
     }
 
-    fn observe(&mut self, _now: Time, _node: u32, _ev: (), _stats: &mut PlaybackStats) {
+    fn observe(
+        &mut self,
+        _now: Time,
+        _node: u32,
+        _ev: (),
+        _stats: &mut PlaybackStats,
+        _feedback: &mut Vec<crate::cores::Feedback<Self>>,
+    ) {
         self.replies += 1;
     }
 }

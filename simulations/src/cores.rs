@@ -63,6 +63,30 @@ pub enum Listen {
     },
 }
 
+/// What the simulated driver does for a node in answer to one of its events or deliveries,
+/// the way the real driver would: a command back into the core (a disk read's result, a
+/// lookup's answer), or a message sent on the node's behalf (a lookup, an announce).
+pub enum Feedback<C: Cores + ?Sized> {
+    /// Feed this command to the node's core now.
+    Command(Cmd<C>),
+    /// Send this message from the node.
+    Send {
+        /// The receiver.
+        to: NodeId,
+        /// The message.
+        msg: Msg<C>,
+    },
+}
+
+impl<C: Cores + ?Sized> std::fmt::Debug for Feedback<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Feedback::Command(_) => f.write_str("Feedback::Command(..)"),
+            Feedback::Send { to, .. } => write!(f, "Feedback::Send {{ to: {to}, .. }}"),
+        }
+    }
+}
+
 /// Shoal's cores as the simulator drives them.
 pub trait Cores {
     /// One type over every role's core (an enum once several roles are integrated).
@@ -89,8 +113,31 @@ pub trait Cores {
     fn command(&mut self, node: u32, action: Listen) -> Option<Cmd<Self>>;
 
     /// Reads an event a core reported into the statistics (first audio, stutter, bytes by
-    /// source, play finished...).
-    fn observe(&mut self, now: Time, node: u32, event: Evt<Self>, stats: &mut PlaybackStats);
+    /// source, play finished...) and does what the driver does with it (`feedback`, e.g. a
+    /// disk read answered with the bytes).
+    fn observe(
+        &mut self,
+        now: Time,
+        node: u32,
+        event: Evt<Self>,
+        stats: &mut PlaybackStats,
+        feedback: &mut Vec<Feedback<Self>>,
+    );
+
+    /// A message from `from` is about to be handed to `to`'s core. The driver may prepare the
+    /// receiver first (`to_receiver`, e.g. register what an origin store holds) and tell the
+    /// sender its transmission finished (`to_sender`, e.g. an upload slot is free). Default:
+    /// nothing.
+    fn on_deliver(
+        &mut self,
+        _now: Time,
+        _from: u32,
+        _to: u32,
+        _msg: &Msg<Self>,
+        _to_sender: &mut Vec<Feedback<Self>>,
+        _to_receiver: &mut Vec<Feedback<Self>>,
+    ) {
+    }
 }
 
 /// A core that cannot exist: the `Core` of [`NoCores`].
@@ -139,7 +186,14 @@ impl Cores for NoCores {
         None
     }
 
-    fn observe(&mut self, _now: Time, _node: u32, event: Absent, _stats: &mut PlaybackStats) {
+    fn observe(
+        &mut self,
+        _now: Time,
+        _node: u32,
+        event: Absent,
+        _stats: &mut PlaybackStats,
+        _feedback: &mut Vec<Feedback<Self>>,
+    ) {
         match event {}
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use shoal_protocol::{Core, Input, NodeId, Output, Time};
 
-use crate::cores::{Cores, Listen, NodeInfo};
+use crate::cores::{Cores, Feedback, Listen, NodeInfo};
 use crate::engine::{Engine, Ev};
 use crate::net::{Link, Nat, NetModel, Role};
 use crate::rng::{Rng, Zipf};
@@ -87,6 +87,10 @@ pub struct World<C: Cores> {
     series: Vec<Sample>,
     rank_counts: Vec<u64>,
     misaddressed: u64,
+    /// Driver feedback waiting to be applied: (node, feedback).
+    pending_feedback: std::collections::VecDeque<(u32, Feedback<C>)>,
+    /// Scratch buffer for one event's feedback.
+    feedback: Vec<Feedback<C>>,
 }
 
 impl<C: Cores> std::fmt::Debug for World<C> {
@@ -253,6 +257,8 @@ impl<C: Cores> World<C> {
             series: Vec::new(),
             rank_counts: vec![0; tracked + 1],
             misaddressed: 0,
+            pending_feedback: std::collections::VecDeque::new(),
+            feedback: Vec::new(),
         };
         for i in 0..peers {
             w.attach(i);
@@ -411,21 +417,32 @@ impl<C: Cores> World<C> {
                     return;
                 };
                 let up = self.links[to as usize].up;
-                match self.slots[to as usize].core.as_mut() {
-                    Some(core) if up => {
-                        core.handle_input(
-                            now,
-                            Input::Message {
-                                from: NodeId::from_index(u64::from(from)),
-                                msg,
-                            },
-                        );
-                        self.drain(to);
-                    }
-                    _ => {
-                        // The receiver went away while the message was in flight.
-                        self.engine
-                            .schedule(now, Ev::Disconnected { to: from, peer: to });
+                if !up || self.slots[to as usize].core.is_none() {
+                    // The receiver went away while the message was in flight.
+                    self.engine
+                        .schedule(now, Ev::Disconnected { to: from, peer: to });
+                    return;
+                }
+                let mut to_sender = Vec::new();
+                let mut to_receiver = Vec::new();
+                self.cores
+                    .on_deliver(now, from, to, &msg, &mut to_sender, &mut to_receiver);
+                for f in to_receiver {
+                    self.apply(to, f);
+                }
+                if let Some(core) = self.slots[to as usize].core.as_mut() {
+                    core.handle_input(
+                        now,
+                        Input::Message {
+                            from: NodeId::from_index(u64::from(from)),
+                            msg,
+                        },
+                    );
+                    self.drain(to);
+                }
+                if self.links[from as usize].up {
+                    for f in to_sender {
+                        self.apply(from, f);
                     }
                 }
             }
@@ -456,44 +473,82 @@ impl<C: Cores> World<C> {
         }
     }
 
-    /// Drains node `i`'s outputs: sends go over the link model, events to the core set, the
-    /// final timeout becomes a timer event.
+    /// Drains node `i`'s outputs, then applies the driver feedback they caused (which may
+    /// drain other nodes), until nothing is left.
     fn drain(&mut self, i: u32) {
+        self.drain_outputs(i);
+        while let Some((node, f)) = self.pending_feedback.pop_front() {
+            self.apply_now(node, f);
+        }
+    }
+
+    /// Applies one feedback item to `node` and drains it (feedback it causes is queued).
+    fn apply(&mut self, node: u32, f: Feedback<C>) {
+        self.apply_now(node, f);
+        while let Some((node, f)) = self.pending_feedback.pop_front() {
+            self.apply_now(node, f);
+        }
+    }
+
+    fn apply_now(&mut self, node: u32, f: Feedback<C>) {
+        let now = self.engine.now();
+        match f {
+            Feedback::Command(cmd) => {
+                if let Some(core) = self.slots[node as usize].core.as_mut() {
+                    core.handle_input(now, Input::Command(cmd));
+                    self.drain_outputs(node);
+                }
+            }
+            Feedback::Send { to, msg } => self.send(node, to, msg),
+        }
+    }
+
+    /// Puts `msg` from `i` to `to` on the links (or tells `i` the peer is unreachable).
+    fn send(&mut self, i: u32, to: NodeId, msg: crate::cores::Msg<C>) {
+        let now = self.engine.now();
+        let Some(to) = to.index().filter(|&t| t < self.links.len() as u64) else {
+            self.misaddressed += 1;
+            return;
+        };
+        let to = to as u32;
+        let len = self.cores.wire_len(&msg);
+        match self.net.send(
+            &mut self.links,
+            i,
+            to,
+            len,
+            now.as_micros(),
+            &mut self.net_rng,
+        ) {
+            Some(at) => {
+                let slot = self.engine.msgs.insert(msg);
+                self.engine
+                    .schedule(Time::from_micros(at), Ev::Deliver { to, from: i, slot });
+            }
+            None => {
+                let at = now + std::time::Duration::from_micros(self.net.dial_timeout_us);
+                self.engine
+                    .schedule(at, Ev::Disconnected { to: i, peer: to });
+            }
+        }
+    }
+
+    /// Drains node `i`'s outputs: sends go over the link model, events to the core set (their
+    /// feedback is queued), the final timeout becomes a timer event.
+    fn drain_outputs(&mut self, i: u32) {
         let now = self.engine.now();
         loop {
             let Some(core) = self.slots[i as usize].core.as_mut() else {
                 return;
             };
             match core.poll_output() {
-                Output::Send { to, msg } => {
-                    let Some(to) = to.index().filter(|&t| t < self.links.len() as u64) else {
-                        self.misaddressed += 1;
-                        continue;
-                    };
-                    let to = to as u32;
-                    let len = self.cores.wire_len(&msg);
-                    match self.net.send(
-                        &mut self.links,
-                        i,
-                        to,
-                        len,
-                        now.as_micros(),
-                        &mut self.net_rng,
-                    ) {
-                        Some(at) => {
-                            let slot = self.engine.msgs.insert(msg);
-                            self.engine
-                                .schedule(Time::from_micros(at), Ev::Deliver { to, from: i, slot });
-                        }
-                        None => {
-                            let at =
-                                now + std::time::Duration::from_micros(self.net.dial_timeout_us);
-                            self.engine
-                                .schedule(at, Ev::Disconnected { to: i, peer: to });
-                        }
-                    }
+                Output::Send { to, msg } => self.send(i, to, msg),
+                Output::Event(e) => {
+                    let mut fb = std::mem::take(&mut self.feedback);
+                    self.cores.observe(now, i, e, &mut self.stats, &mut fb);
+                    self.pending_feedback.extend(fb.drain(..).map(|f| (i, f)));
+                    self.feedback = fb;
                 }
-                Output::Event(e) => self.cores.observe(now, i, e, &mut self.stats),
                 Output::Timeout(t) => {
                     let slot = &mut self.slots[i as usize];
                     if t.as_micros() != slot.timer_at {

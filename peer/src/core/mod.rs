@@ -1,3 +1,232 @@
 //! The peer's sans-IO core: which source to fetch each chunk from, when to hedge, when to fall
 //! back to the origin, what to prefetch, whom to serve. No sockets, clocks or global
 //! randomness (see `shoal_protocol::sansio`).
+//!
+//! - [`FetchScheduler`] (playback side): cache → peers → origin, hedged start, playback clock,
+//!   stutter and byte statistics, prefetch, verification and bans.
+//! - [`ChunkServer`] (upload side): answers chunk requests within a token bucket and a cap on
+//!   concurrent uploads.
+//! - [`CacheIndex`]: the LRU policy of the disk cache.
+//! - [`PeerCore`]: both sides wired together as one [`Core`], the way the driver and the
+//!   simulator run a listener: it keeps the server's servable set in step with the cache and
+//!   throttles serving while our own playback is short of data.
+//!
+//! Every threshold lives in [`PeerConfig`].
+
+use std::collections::VecDeque;
+
+use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
+use shoal_protocol::{Core, Input, Output, Time};
+
+mod cache;
+mod config;
+mod scheduler;
+mod server;
+mod stats;
+
+#[cfg(test)]
+mod testnet;
+#[cfg(test)]
+mod tests;
+
+pub use cache::CacheIndex;
+pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
+pub use scheduler::{
+    BanReason, FetchScheduler, PeerInfo, SchedulerCommand, SchedulerEvent, SessionStats, Source,
+};
+pub use server::{ChunkServer, Item, ServerCommand, ServerEvent, ServerStats, TokenBucket};
+pub use stats::{BytesBySource, PlayStats, SourceKind};
+
+/// A `/shoal/chunk/1` message in either direction: the cores' `Message` type. The scheduler
+/// sends requests and takes responses; the server the other way round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkMsg {
+    /// A request (we ask, or someone asks us).
+    Request(ChunkRequest),
+    /// A response.
+    Response(ChunkResponse),
+}
+
+impl ChunkMsg {
+    /// Approximate size on the wire, for simulators' bandwidth models.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            ChunkMsg::Response(ChunkResponse::Chunk { bytes, .. })
+            | ChunkMsg::Response(ChunkResponse::Manifest { bytes, .. })
+            | ChunkMsg::Response(ChunkResponse::Have { bitmap: bytes, .. }) => bytes.len() + 16,
+            ChunkMsg::Request(_) | ChunkMsg::Response(_) => 48,
+        }
+    }
+}
+
+/// Commands to a [`PeerCore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCommand {
+    /// For the playback side.
+    Fetch(SchedulerCommand),
+    /// For the serving side.
+    Serve(ServerCommand),
+}
+
+/// Events of a [`PeerCore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// From the playback side.
+    Fetch(SchedulerEvent),
+    /// From the serving side.
+    Serve(ServerEvent),
+}
+
+/// A listener's whole core: a [`FetchScheduler`] and a [`ChunkServer`] sharing one cache.
+///
+/// Routing: responses go to the scheduler, requests to the server, timeouts and connection
+/// events to both. Chunks the scheduler stores in (or evicts from) the cache become servable
+/// (or stop being servable) at once, and cache commands (`CacheHas`, `CacheRemoved`,
+/// `Manifest`) reach both sides, so the driver reports each fact once.
+#[derive(Debug)]
+pub struct PeerCore {
+    scheduler: FetchScheduler,
+    server: ChunkServer,
+    out: VecDeque<Output<ChunkMsg, PeerEvent>>,
+    next_timeout: Time,
+    urgent: bool,
+}
+
+impl PeerCore {
+    /// A listener core with `config`.
+    pub fn new(config: PeerConfig) -> Self {
+        Self {
+            scheduler: FetchScheduler::new(config.scheduler),
+            server: ChunkServer::new(config.server),
+            out: VecDeque::new(),
+            next_timeout: Time::NEVER,
+            urgent: false,
+        }
+    }
+
+    /// The playback side.
+    pub fn scheduler(&self) -> &FetchScheduler {
+        &self.scheduler
+    }
+
+    /// The serving side.
+    pub fn server(&self) -> &ChunkServer {
+        &self.server
+    }
+
+    fn drain(&mut self, now: Time) {
+        let mut mirror = Vec::new();
+        let sched_wake = loop {
+            match self.scheduler.poll_output() {
+                Output::Timeout(t) => break t,
+                Output::Send { to, msg } => self.out.push_back(Output::Send { to, msg }),
+                Output::Event(e) => {
+                    match &e {
+                        SchedulerEvent::ChunkReady {
+                            chunk,
+                            bytes,
+                            store: true,
+                            ..
+                        } => mirror.push(ServerCommand::Hold {
+                            chunk: *chunk,
+                            len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                        }),
+                        SchedulerEvent::Evict(chunk) => mirror.push(ServerCommand::Drop(*chunk)),
+                        SchedulerEvent::ManifestReady { track, bytes } => {
+                            if let Ok(m) = shoal_protocol::Manifest::decode(bytes) {
+                                mirror.push(ServerCommand::Track {
+                                    track: *track,
+                                    chunks: m.chunks.iter().map(|c| c.id).collect(),
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.out.push_back(Output::Event(PeerEvent::Fetch(e)));
+                }
+            }
+        };
+        let urgent = self.scheduler.playback_urgent(now);
+        if urgent != self.urgent {
+            self.urgent = urgent;
+            mirror.push(ServerCommand::OwnPlaybackUrgent(urgent));
+        }
+        for c in mirror {
+            self.server.handle_input(now, Input::Command(c));
+        }
+        let server_wake = loop {
+            match self.server.poll_output() {
+                Output::Timeout(t) => break t,
+                Output::Send { to, msg } => self.out.push_back(Output::Send { to, msg }),
+                Output::Event(e) => self.out.push_back(Output::Event(PeerEvent::Serve(e))),
+            }
+        };
+        self.next_timeout = sched_wake.min(server_wake);
+    }
+}
+
+impl Core for PeerCore {
+    type Message = ChunkMsg;
+    type Command = PeerCommand;
+    type Event = PeerEvent;
+
+    fn handle_input(&mut self, now: Time, input: Input<ChunkMsg, PeerCommand>) {
+        match input {
+            Input::Message {
+                from,
+                msg: msg @ ChunkMsg::Request(_),
+            } => self.server.handle_input(now, Input::Message { from, msg }),
+            Input::Message {
+                from,
+                msg: msg @ ChunkMsg::Response(_),
+            } => self
+                .scheduler
+                .handle_input(now, Input::Message { from, msg }),
+            Input::Connected(n) => {
+                self.scheduler.handle_input(now, Input::Connected(n));
+                self.server.handle_input(now, Input::Connected(n));
+            }
+            Input::Disconnected(n) => {
+                self.scheduler.handle_input(now, Input::Disconnected(n));
+                self.server.handle_input(now, Input::Disconnected(n));
+            }
+            Input::Timeout => {
+                self.scheduler.handle_input(now, Input::Timeout);
+                self.server.handle_input(now, Input::Timeout);
+            }
+            Input::Command(PeerCommand::Fetch(c)) => {
+                let mirror = match &c {
+                    SchedulerCommand::CacheHas { chunk, len } => Some(ServerCommand::Hold {
+                        chunk: *chunk,
+                        len: *len,
+                    }),
+                    SchedulerCommand::CacheRemoved(chunk) => Some(ServerCommand::Drop(*chunk)),
+                    SchedulerCommand::Manifest { track, bytes } => {
+                        shoal_protocol::Manifest::decode(bytes)
+                            .ok()
+                            .filter(|_| shoal_protocol::TrackId::of(bytes) == *track)
+                            .map(|m| ServerCommand::Track {
+                                track: *track,
+                                chunks: m.chunks.iter().map(|c| c.id).collect(),
+                            })
+                    }
+                    _ => None,
+                };
+                self.scheduler.handle_input(now, Input::Command(c));
+                if let Some(m) = mirror {
+                    self.server.handle_input(now, Input::Command(m));
+                }
+            }
+            Input::Command(PeerCommand::Serve(c)) => {
+                self.server.handle_input(now, Input::Command(c));
+            }
+        }
+        self.drain(now);
+    }
+
+    fn poll_output(&mut self) -> Output<ChunkMsg, PeerEvent> {
+        self.out
+            .pop_front()
+            .unwrap_or(Output::Timeout(self.next_timeout))
+    }
+}

@@ -1,0 +1,1674 @@
+//! The fetch scheduler: for the playing track (and the next one in the queue) it decides, chunk
+//! by chunk, which source to ask — local cache, then peers ranked by expected completion time,
+//! then the origin when peers cannot make the playback deadline — and it models the playback
+//! clock so stutters and time-to-first-audio are measured identically in the real client and
+//! in the simulator. It verifies every byte it accepts and bans peers that send bad ones.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
+use shoal_protocol::{
+    ChunkId, Core, Input, Manifest, NodeId, Output, SAMPLE_RATE, Time, TimerSet, TrackId, verify,
+};
+
+use super::ChunkMsg;
+use super::cache::CacheIndex;
+use super::config::SchedulerConfig;
+use super::stats::{BytesBySource, PlayStats, SourceKind};
+
+/// A holder of a track, as the tracker lookup or the super-peer reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The node.
+    pub node: NodeId,
+    /// True for a super-peer (its bytes count as `superpeers`).
+    pub superpeer: bool,
+    /// Round-trip estimate, if the driver knows one (ping, tracker hint).
+    pub rtt_ms: Option<u32>,
+}
+
+/// Commands from the local user or the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerCommand {
+    /// Play `track` from `position_ms` now (replaces what is playing).
+    Play {
+        /// The track.
+        track: TrackId,
+        /// Start position in milliseconds of playable audio.
+        position_ms: u64,
+    },
+    /// Jump within the playing track.
+    Seek {
+        /// New position in milliseconds.
+        position_ms: u64,
+    },
+    /// Stop playing and drop the queue's prefetch.
+    Stop,
+    /// Stop the current track and play the next queued one.
+    Skip,
+    /// Append `track` to the queue (played, and prefetched, after the current one).
+    Enqueue(TrackId),
+    /// Empty the queue.
+    ClearQueue,
+    /// Holders of `track`, nearest first (replaces the previous list for that track).
+    Peers {
+        /// The track.
+        track: TrackId,
+        /// Its holders.
+        peers: Vec<PeerInfo>,
+    },
+    /// The node the driver maps to the origin's HTTP store (`None`: no origin).
+    SetOrigin(Option<NodeId>),
+    /// A manifest the driver has (from the disk cache); verified against `track` here.
+    Manifest {
+        /// The track it claims to be.
+        track: TrackId,
+        /// Canonical manifest bytes.
+        bytes: Vec<u8>,
+    },
+    /// The disk cache holds `chunk` (`len` bytes): sent at start-up for every cached chunk.
+    CacheHas {
+        /// The chunk.
+        chunk: ChunkId,
+        /// Its length.
+        len: u32,
+    },
+    /// The disk cache lost `chunk` (deleted outside the core's advice).
+    CacheRemoved(ChunkId),
+    /// The answer to [`SchedulerEvent::ReadCache`]: the bytes on disk, `None` if missing.
+    CacheData {
+        /// The chunk read.
+        chunk: ChunkId,
+        /// Its bytes, if the file was there.
+        bytes: Option<Vec<u8>>,
+    },
+}
+
+/// Where a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The local disk cache.
+    Cache,
+    /// An ordinary peer.
+    Peer(NodeId),
+    /// A super-peer.
+    SuperPeer(NodeId),
+    /// The origin.
+    Origin(NodeId),
+}
+
+impl Source {
+    /// The statistics bucket.
+    pub fn kind(&self) -> SourceKind {
+        match self {
+            Source::Cache => SourceKind::Cache,
+            Source::Peer(_) => SourceKind::Peer,
+            Source::SuperPeer(_) => SourceKind::SuperPeer,
+            Source::Origin(_) => SourceKind::Origin,
+        }
+    }
+}
+
+/// Why a peer was banned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BanReason {
+    /// It sent chunk bytes that do not hash to the chunk's id.
+    #[error("sent chunk {chunk:?} that failed verification")]
+    BadChunk {
+        /// The chunk it was asked for.
+        chunk: ChunkId,
+    },
+    /// It sent a manifest that does not hash to the track id.
+    #[error("sent a manifest that does not hash to track {track:?}")]
+    BadManifest {
+        /// The track it was asked for.
+        track: TrackId,
+    },
+}
+
+/// What the scheduler reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerEvent {
+    /// Read `chunk` from the disk cache and answer with [`SchedulerCommand::CacheData`].
+    ReadCache {
+        /// The track it is wanted for.
+        track: TrackId,
+        /// Its index in the manifest.
+        index: usize,
+        /// The chunk.
+        chunk: ChunkId,
+    },
+    /// A verified chunk: hand it to the decoder (by `track` and `index`; chunks arrive out of
+    /// order, and a prefetched track's chunks arrive before it plays) and, if `store`, write it
+    /// to the disk cache.
+    ChunkReady {
+        /// The track.
+        track: TrackId,
+        /// Index in the manifest.
+        index: usize,
+        /// The chunk id.
+        chunk: ChunkId,
+        /// Verified bytes.
+        bytes: Vec<u8>,
+        /// Who delivered it.
+        source: Source,
+        /// True when it came from the network and should be cached.
+        store: bool,
+    },
+    /// A verified manifest obtained from the network: store it with the cache.
+    ManifestReady {
+        /// The track.
+        track: TrackId,
+        /// Canonical bytes.
+        bytes: Vec<u8>,
+    },
+    /// The cache policy evicts `chunk`: delete it from disk.
+    Evict(ChunkId),
+    /// No holders known for `track`: look them up (tracker, super-peer) and send
+    /// [`SchedulerCommand::Peers`].
+    NeedPeers(TrackId),
+    /// Playback (re)started after a play or seek.
+    PlayStarted {
+        /// The track.
+        track: TrackId,
+        /// Position in ms.
+        position_ms: u64,
+        /// Time from the play command to now (first start of this play), else `None`.
+        time_to_first_audio_ms: Option<u64>,
+    },
+    /// Playback reached the end of contiguous data: an underrun.
+    Stutter {
+        /// The track.
+        track: TrackId,
+        /// Where it stalled, in ms.
+        position_ms: u64,
+    },
+    /// Playback resumed after an underrun.
+    Resumed {
+        /// The track.
+        track: TrackId,
+        /// How long it stalled.
+        stalled_ms: u64,
+    },
+    /// A play ended (track end, stop, skip or another play).
+    TrackFinished(PlayStats),
+    /// A peer is banned and will not be asked again.
+    PeerBanned {
+        /// The peer.
+        peer: NodeId,
+        /// Why.
+        reason: BanReason,
+    },
+    /// The track's manifest hashes right but is not a valid manifest; the play is abandoned.
+    TrackInvalid(TrackId),
+    /// The queue is full; the track was not enqueued.
+    QueueFull(TrackId),
+}
+
+/// Rate and latency knowledge about one node, and its load from us.
+#[derive(Debug, Clone)]
+struct NodeState {
+    /// Measured (or assumed) delivery rate in bytes/s.
+    rate: f64,
+    rtt: Duration,
+    in_flight: usize,
+    outstanding: u64,
+    /// When its last response arrived: the start of the next transfer if it stayed busy.
+    last_completion: Time,
+    busy_until: Time,
+    superpeer: bool,
+}
+
+impl NodeState {
+    fn expected(&self, now: Time, len: u64) -> Time {
+        let secs = (self.outstanding + len) as f64 / self.rate.max(1.0);
+        now + Duration::from_secs_f64(secs.min(1e6)) + self.rtt
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum What {
+    Manifest,
+    Chunk(usize),
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    track: TrackId,
+    what: What,
+    len: u64,
+    /// Bytes the node owed us when this was sent: they come first.
+    ahead: u64,
+    sent: Time,
+    expected: Time,
+    late: bool,
+}
+
+type ReqKey = (NodeId, u64);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Late(ReqKey),
+    Expire(ReqKey),
+    Retry(NodeId),
+}
+
+/// The two tracks being fetched: the playing one and the queue's next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Current = 0,
+    Next = 1,
+}
+
+#[derive(Debug)]
+struct TrackFetch {
+    track: TrackId,
+    manifest: Option<Manifest>,
+    have: Vec<bool>,
+    reading: BTreeSet<usize>,
+    not_have: BTreeSet<(usize, NodeId)>,
+    stats: PlayStats,
+    asked_for_peers: bool,
+}
+
+impl TrackFetch {
+    fn new(track: TrackId, manifest: Option<Manifest>) -> Self {
+        let have = manifest
+            .as_ref()
+            .map_or_else(Vec::new, |m| vec![false; m.chunks.len()]);
+        Self {
+            track,
+            manifest,
+            have,
+            reading: BTreeSet::new(),
+            not_have: BTreeSet::new(),
+            stats: PlayStats::new(track),
+            asked_for_peers: false,
+        }
+    }
+
+    fn set_manifest(&mut self, m: Manifest) {
+        if self.manifest.is_none() {
+            self.have = vec![false; m.chunks.len()];
+            self.manifest = Some(m);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlayState {
+    /// Waiting for the chunk at the position (after play or seek).
+    Waiting,
+    /// Playing since `anchor`, when the position was `pos`.
+    Playing { anchor: Time },
+    /// Underrun since `since`.
+    Stalled { since: Time },
+}
+
+#[derive(Debug)]
+struct Playback {
+    requested: Time,
+    /// Stream-timeline sample (pre-skip included) at the anchor, stall or wait point;
+    /// `None` until the manifest resolves `start_ms`.
+    pos: Option<u64>,
+    start_ms: u64,
+    state: PlayState,
+    started_once: bool,
+}
+
+/// Session-wide totals (all plays, prefetches included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Bytes obtained by source.
+    pub bytes_by_source: BytesBySource,
+    /// Bytes received twice (hedging, re-requests).
+    pub duplicate_bytes: u64,
+    /// Chunks or manifests that failed verification.
+    pub verification_failures: u64,
+    /// Requests abandoned after `request_timeout_ms`.
+    pub timeouts: u64,
+}
+
+/// Converts samples (48 kHz) to a duration, rounding up so a deadline is never early.
+fn samples_dur(samples: u64) -> Duration {
+    let rate = u64::from(SAMPLE_RATE);
+    Duration::from_micros((samples.saturating_mul(1_000_000)).div_ceil(rate))
+}
+
+fn dur_samples(d: Duration) -> u64 {
+    u64::try_from(d.as_micros() * u128::from(SAMPLE_RATE) / 1_000_000).unwrap_or(u64::MAX)
+}
+
+fn ms_samples(ms: u64) -> u64 {
+    ms.saturating_mul(u64::from(SAMPLE_RATE)) / 1000
+}
+
+/// The peer's fetch scheduler. See the module documentation.
+#[derive(Debug)]
+pub struct FetchScheduler {
+    config: SchedulerConfig,
+    origin: Option<NodeId>,
+    nodes: BTreeMap<NodeId, NodeState>,
+    holders: BTreeMap<TrackId, Vec<NodeId>>,
+    banned: BTreeSet<NodeId>,
+    banned_order: VecDeque<NodeId>,
+    cache: CacheIndex,
+    manifests: BTreeMap<TrackId, Manifest>,
+    manifest_order: VecDeque<TrackId>,
+    fetches: [Option<TrackFetch>; 2],
+    play: Option<Playback>,
+    queue: VecDeque<TrackId>,
+    requests: BTreeMap<ReqKey, Req>,
+    next_request: u64,
+    timers: TimerSet<Timer>,
+    out: VecDeque<Output<ChunkMsg, SchedulerEvent>>,
+    session: SessionStats,
+    now: Time,
+}
+
+impl FetchScheduler {
+    /// A scheduler with `config` and no origin (set one with [`SchedulerCommand::SetOrigin`]
+    /// or [`FetchScheduler::with_origin`]).
+    pub fn new(config: SchedulerConfig) -> Self {
+        let cache = CacheIndex::new(config.cache.clone());
+        Self {
+            config,
+            origin: None,
+            nodes: BTreeMap::new(),
+            holders: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            banned_order: VecDeque::new(),
+            cache,
+            manifests: BTreeMap::new(),
+            manifest_order: VecDeque::new(),
+            fetches: [None, None],
+            play: None,
+            queue: VecDeque::new(),
+            requests: BTreeMap::new(),
+            next_request: 1,
+            timers: TimerSet::new(),
+            out: VecDeque::new(),
+            session: SessionStats::default(),
+            now: Time::ZERO,
+        }
+    }
+
+    /// Builder: designates `origin`.
+    pub fn with_origin(mut self, origin: NodeId) -> Self {
+        self.set_origin(Some(origin));
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The cache index (what the disk cache holds, LRU order).
+    pub fn cache(&self) -> &CacheIndex {
+        &self.cache
+    }
+
+    /// Session totals.
+    pub fn session_stats(&self) -> &SessionStats {
+        &self.session
+    }
+
+    /// Statistics of the play in progress, if any.
+    pub fn current_stats(&self) -> Option<&PlayStats> {
+        self.play.as_ref()?;
+        self.fetches[Slot::Current as usize]
+            .as_ref()
+            .map(|f| &f.stats)
+    }
+
+    /// The playing track, if any.
+    pub fn current_track(&self) -> Option<TrackId> {
+        self.play.as_ref()?;
+        self.fetches[Slot::Current as usize]
+            .as_ref()
+            .map(|f| f.track)
+    }
+
+    /// Requests in flight to `node`.
+    pub fn in_flight(&self, node: &NodeId) -> usize {
+        self.requests.keys().filter(|(n, _)| n == node).count()
+    }
+
+    /// Requests in flight in total.
+    pub fn in_flight_total(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// True when `node` is banned.
+    pub fn is_banned(&self, node: &NodeId) -> bool {
+        self.banned.contains(node)
+    }
+
+    /// Playback position in ms at `now`, if playing or waiting with a known position.
+    pub fn position_ms(&self, now: Time) -> Option<u64> {
+        let m = self.current_manifest()?;
+        let pos = self.pos_now(now)?;
+        Some(pos.saturating_sub(u64::from(m.pre_skip)) * 1000 / u64::from(SAMPLE_RATE))
+    }
+
+    /// Audio buffered contiguously ahead of the position, in ms.
+    pub fn buffer_ahead_ms(&self, now: Time) -> Option<u64> {
+        let pos = self.pos_now(now)?;
+        let end = self.contiguous_end(pos)?;
+        Some(end.saturating_sub(pos) * 1000 / u64::from(SAMPLE_RATE))
+    }
+
+    /// True when our own playback needs bandwidth badly: playing or waiting with less than
+    /// `urgent_buffer_ms` buffered. The [`PeerCore`](super::PeerCore) throttles serving then.
+    pub fn playback_urgent(&self, now: Time) -> bool {
+        match self.play.as_ref() {
+            None => false,
+            Some(_) => self
+                .buffer_ahead_ms(now)
+                .is_none_or(|b| b < self.config.urgent_buffer_ms && !self.current_complete()),
+        }
+    }
+
+    fn current_complete(&self) -> bool {
+        self.fetches[Slot::Current as usize]
+            .as_ref()
+            .is_some_and(|f| f.manifest.is_some() && f.have.iter().all(|h| *h))
+    }
+
+    fn current_manifest(&self) -> Option<&Manifest> {
+        self.fetches[Slot::Current as usize]
+            .as_ref()?
+            .manifest
+            .as_ref()
+    }
+
+    fn track_end(m: &Manifest) -> u64 {
+        let end = m.total_samples + u64::from(m.pre_skip);
+        m.chunks.last().map_or(end, |c| end.min(c.end()))
+    }
+
+    fn chunk_index(m: &Manifest, pos: u64) -> usize {
+        m.chunks.partition_point(|c| c.end() <= pos)
+    }
+
+    /// End of the data available contiguously from `pos`.
+    fn contiguous_end(&self, pos: u64) -> Option<u64> {
+        let f = self.fetches[Slot::Current as usize].as_ref()?;
+        let m = f.manifest.as_ref()?;
+        let first = Self::chunk_index(m, pos);
+        let mut i = first;
+        while i < m.chunks.len() && f.have[i] {
+            i += 1;
+        }
+        if i == first {
+            return Some(pos);
+        }
+        Some(m.chunks[i - 1].end().min(Self::track_end(m)).max(pos))
+    }
+
+    fn pos_now(&self, now: Time) -> Option<u64> {
+        let p = self.play.as_ref()?;
+        let pos = p.pos?;
+        match p.state {
+            PlayState::Playing { anchor } => {
+                let end = self.contiguous_end(pos)?;
+                Some((pos + dur_samples(now - anchor)).min(end))
+            }
+            PlayState::Waiting | PlayState::Stalled { .. } => Some(pos),
+        }
+    }
+
+    fn set_origin(&mut self, origin: Option<NodeId>) {
+        self.origin = origin;
+        if let Some(o) = origin {
+            let state = NodeState {
+                rate: self.config.initial_origin_rate as f64,
+                rtt: SchedulerConfig::ms(self.config.initial_rtt_ms),
+                in_flight: 0,
+                outstanding: 0,
+                last_completion: Time::ZERO,
+                busy_until: Time::ZERO,
+                superpeer: false,
+            };
+            self.nodes.entry(o).or_insert(state);
+        }
+    }
+
+    fn emit(&mut self, e: SchedulerEvent) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn send(&mut self, to: NodeId, req: ChunkRequest) {
+        self.out.push_back(Output::Send {
+            to,
+            msg: ChunkMsg::Request(req),
+        });
+    }
+
+    fn slot_of(&self, track: &TrackId) -> Option<Slot> {
+        [Slot::Current, Slot::Next].into_iter().find(|s| {
+            self.fetches[*s as usize]
+                .as_ref()
+                .is_some_and(|f| f.track == *track)
+        })
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn command(&mut self, now: Time, cmd: SchedulerCommand) {
+        match cmd {
+            SchedulerCommand::Play { track, position_ms } => {
+                self.start_play(now, track, position_ms)
+            }
+            SchedulerCommand::Seek { position_ms } => {
+                if let Some(p) = self.play.as_mut() {
+                    p.start_ms = position_ms;
+                    p.pos = None;
+                    p.state = PlayState::Waiting;
+                    self.resolve_position();
+                }
+            }
+            SchedulerCommand::Stop => {
+                self.finish_play(false);
+                self.fetches[Slot::Next as usize] = None;
+            }
+            SchedulerCommand::Skip => {
+                self.finish_play(false);
+                if let Some(next) = self.queue.pop_front() {
+                    self.start_play(now, next, 0);
+                }
+            }
+            SchedulerCommand::Enqueue(track) => {
+                if self.queue.len() >= self.config.max_queue {
+                    self.emit(SchedulerEvent::QueueFull(track));
+                } else {
+                    self.queue.push_back(track);
+                }
+            }
+            SchedulerCommand::ClearQueue => {
+                self.queue.clear();
+                self.fetches[Slot::Next as usize] = None;
+            }
+            SchedulerCommand::Peers { track, peers } => self.set_peers(track, peers),
+            SchedulerCommand::SetOrigin(o) => self.set_origin(o),
+            SchedulerCommand::Manifest { track, bytes } => {
+                if TrackId::of(&bytes) == track {
+                    if let Ok(m) = Manifest::decode(&bytes) {
+                        self.remember_manifest(track, m);
+                    }
+                } else {
+                    self.session.verification_failures += 1;
+                }
+            }
+            SchedulerCommand::CacheHas { chunk, len } => {
+                for e in self.cache.insert(chunk, len) {
+                    self.emit(SchedulerEvent::Evict(e));
+                }
+            }
+            SchedulerCommand::CacheRemoved(chunk) => {
+                self.cache.remove(&chunk);
+            }
+            SchedulerCommand::CacheData { chunk, bytes } => self.on_cache_data(chunk, bytes),
+        }
+    }
+
+    fn start_play(&mut self, now: Time, track: TrackId, position_ms: u64) {
+        self.finish_play(false);
+        let next = self.fetches[Slot::Next as usize].take();
+        let fetch = match next {
+            Some(f) if f.track == track => {
+                if self.queue.front() == Some(&track) {
+                    self.queue.pop_front();
+                }
+                f
+            }
+            other => {
+                // The prefetched track is not the one played: keep it only if still next.
+                self.fetches[Slot::Next as usize] = other;
+                TrackFetch::new(track, self.manifests.get(&track).cloned())
+            }
+        };
+        self.fetches[Slot::Current as usize] = Some(fetch);
+        self.play = Some(Playback {
+            requested: now,
+            pos: None,
+            start_ms: position_ms,
+            state: PlayState::Waiting,
+            started_once: false,
+        });
+        self.resolve_position();
+    }
+
+    /// Turns the requested start position (ms) into a stream position once the manifest is in.
+    fn resolve_position(&mut self) {
+        let Some(m) = self.current_manifest() else {
+            return;
+        };
+        let end = Self::track_end(m);
+        let pre = u64::from(m.pre_skip);
+        if let Some(p) = self.play.as_mut() {
+            if p.pos.is_none() {
+                let pos = pre + ms_samples(p.start_ms);
+                p.pos = Some(pos.min(end.saturating_sub(1)).max(pre.min(end)));
+            }
+        }
+    }
+
+    /// Ends the current play, reporting its statistics.
+    fn finish_play(&mut self, completed: bool) {
+        if self.play.take().is_none() {
+            self.fetches[Slot::Current as usize] = None;
+            return;
+        }
+        if let Some(mut f) = self.fetches[Slot::Current as usize].take() {
+            f.stats.completed = completed;
+            self.emit(SchedulerEvent::TrackFinished(f.stats));
+        }
+    }
+
+    fn set_peers(&mut self, track: TrackId, peers: Vec<PeerInfo>) {
+        let mut list = Vec::new();
+        for p in peers {
+            if list.len() >= self.config.max_peers_per_track {
+                break;
+            }
+            if self.banned.contains(&p.node)
+                || Some(p.node) == self.origin
+                || list.contains(&p.node)
+            {
+                continue;
+            }
+            if !self.nodes.contains_key(&p.node) && !self.make_room_for_node() {
+                continue;
+            }
+            let rtt = SchedulerConfig::ms(p.rtt_ms.map_or(self.config.initial_rtt_ms, u64::from));
+            let initial = self.config.initial_peer_rate as f64;
+            let state = self.nodes.entry(p.node).or_insert(NodeState {
+                rate: initial,
+                rtt,
+                in_flight: 0,
+                outstanding: 0,
+                last_completion: Time::ZERO,
+                busy_until: Time::ZERO,
+                superpeer: p.superpeer,
+            });
+            state.superpeer = p.superpeer;
+            list.push(p.node);
+        }
+        if !self.holders.contains_key(&track)
+            && self.holders.len() >= self.config.max_tracks_with_peers
+        {
+            let keep: Vec<TrackId> = self.fetches.iter().flatten().map(|f| f.track).collect();
+            if let Some(victim) = self.holders.keys().find(|t| !keep.contains(t)).copied() {
+                self.holders.remove(&victim);
+            } else {
+                return;
+            }
+        }
+        self.holders.insert(track, list);
+    }
+
+    /// Frees a node-statistics slot if the table is full (forgets an idle node no track
+    /// lists); false when none can go.
+    fn make_room_for_node(&mut self) -> bool {
+        if self.nodes.len() < self.config.max_known_nodes {
+            return true;
+        }
+        let listed: BTreeSet<NodeId> = self.holders.values().flatten().copied().collect();
+        let victim = self
+            .nodes
+            .iter()
+            .find(|(n, s)| s.in_flight == 0 && Some(**n) != self.origin && !listed.contains(n))
+            .map(|(n, _)| *n);
+        match victim {
+            Some(v) => {
+                self.nodes.remove(&v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remember_manifest(&mut self, track: TrackId, m: Manifest) {
+        for f in self.fetches.iter_mut().flatten() {
+            if f.track == track {
+                f.set_manifest(m.clone());
+            }
+        }
+        if !self.manifests.contains_key(&track) {
+            if self.manifests.len() >= self.config.max_manifests {
+                if let Some(old) = self.manifest_order.pop_front() {
+                    self.manifests.remove(&old);
+                }
+            }
+            self.manifest_order.push_back(track);
+            self.manifests.insert(track, m);
+        }
+        self.resolve_position();
+    }
+
+    fn on_cache_data(&mut self, chunk: ChunkId, bytes: Option<Vec<u8>>) {
+        let good = bytes.filter(|b| verify(b, &chunk).is_ok());
+        if good.is_none() {
+            // Missing or corrupt on disk: never play it, never serve it; fetch it elsewhere.
+            if self.cache.remove(&chunk) {
+                self.emit(SchedulerEvent::Evict(chunk));
+            }
+        } else {
+            self.cache.touch(&chunk);
+        }
+        for slot in [Slot::Current, Slot::Next] {
+            let Some(f) = self.fetches[slot as usize].as_mut() else {
+                continue;
+            };
+            let Some(m) = f.manifest.as_ref() else {
+                continue;
+            };
+            let indices: Vec<usize> = f
+                .reading
+                .iter()
+                .copied()
+                .filter(|i| m.chunks[*i].id == chunk)
+                .collect();
+            for i in indices {
+                f.reading.remove(&i);
+                if let Some(b) = &good {
+                    if !f.have[i] {
+                        f.have[i] = true;
+                        let len = b.len() as u64;
+                        f.stats.bytes_by_source.add(SourceKind::Cache, len);
+                        self.session.bytes_by_source.add(SourceKind::Cache, len);
+                        let track = f.track;
+                        self.out
+                            .push_back(Output::Event(SchedulerEvent::ChunkReady {
+                                track,
+                                index: i,
+                                chunk,
+                                bytes: b.clone(),
+                                source: Source::Cache,
+                                store: false,
+                            }));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- responses
+
+    fn take_request(&mut self, key: ReqKey) -> Option<Req> {
+        let req = self.requests.remove(&key)?;
+        self.timers.cancel(&Timer::Late(key));
+        self.timers.cancel(&Timer::Expire(key));
+        if let Some(n) = self.nodes.get_mut(&key.0) {
+            n.in_flight = n.in_flight.saturating_sub(1);
+            n.outstanding = n.outstanding.saturating_sub(req.len);
+        }
+        Some(req)
+    }
+
+    fn cancel_request(&mut self, key: ReqKey) {
+        if self.take_request(key).is_some() {
+            self.send(key.0, ChunkRequest::Cancel { request: key.1 });
+        }
+    }
+
+    fn source_of(&self, node: NodeId) -> Source {
+        if Some(node) == self.origin {
+            Source::Origin(node)
+        } else if self.nodes.get(&node).is_some_and(|n| n.superpeer) {
+            Source::SuperPeer(node)
+        } else {
+            Source::Peer(node)
+        }
+    }
+
+    fn on_response(&mut self, now: Time, from: NodeId, resp: ChunkResponse) {
+        match resp {
+            ChunkResponse::Chunk { request, bytes } => {
+                let Some(req) = self.take_request((from, request)) else {
+                    return;
+                };
+                self.measure(now, from, &req, bytes.len() as u64);
+                match req.what {
+                    What::Chunk(index) => self.on_chunk(from, &req, index, bytes),
+                    What::Manifest => {}
+                }
+            }
+            ChunkResponse::Manifest { request, bytes } => {
+                let Some(req) = self.take_request((from, request)) else {
+                    return;
+                };
+                self.measure(now, from, &req, bytes.len() as u64);
+                if req.what == What::Manifest {
+                    self.on_manifest(from, req.track, bytes);
+                }
+            }
+            ChunkResponse::NotHave { request } => {
+                let Some(req) = self.take_request((from, request)) else {
+                    return;
+                };
+                let max = self.config.max_not_have;
+                if let Some(slot) = self.slot_of(&req.track) {
+                    if let Some(f) = self.fetches[slot as usize].as_mut() {
+                        let index = match req.what {
+                            What::Chunk(i) => i,
+                            What::Manifest => usize::MAX,
+                        };
+                        if f.not_have.len() < max {
+                            f.not_have.insert((index, from));
+                        }
+                    }
+                }
+            }
+            ChunkResponse::Busy {
+                request,
+                retry_after_ms,
+            } => {
+                if self.take_request((from, request)).is_none() {
+                    return;
+                }
+                let wait = u64::from(retry_after_ms).min(self.config.max_busy_backoff_ms);
+                let until = now + SchedulerConfig::ms(wait);
+                if let Some(n) = self.nodes.get_mut(&from) {
+                    n.busy_until = until;
+                    n.last_completion = now;
+                }
+                self.timers.set(Timer::Retry(from), until);
+            }
+            // The scheduler never asks QueryHave; a Cancelled ack needs nothing.
+            ChunkResponse::Have { .. } | ChunkResponse::Cancelled { .. } => {}
+        }
+    }
+
+    /// Updates `from`'s rate estimate with one transfer of `len` bytes.
+    fn measure(&mut self, now: Time, from: NodeId, req: &Req, len: u64) {
+        let w = self.config.rate_ewma_weight;
+        let Some(n) = self.nodes.get_mut(&from) else {
+            return;
+        };
+        // If the node was idle when asked, the transfer began about one RTT after sending;
+        // otherwise it began when its previous answer finished (it was serving us back to back).
+        let start = if req.sent >= n.last_completion {
+            let elapsed = now - req.sent;
+            if elapsed < n.rtt {
+                n.rtt = elapsed;
+            }
+            req.sent + n.rtt
+        } else {
+            n.last_completion
+        };
+        let secs = (now - start).as_secs_f64().max(0.001);
+        let sample = len as f64 / secs;
+        n.rate = (1.0 - w) * n.rate + w * sample;
+        n.last_completion = now;
+    }
+
+    fn on_chunk(&mut self, from: NodeId, req: &Req, index: usize, bytes: Vec<u8>) {
+        let Some(slot) = self.slot_of(&req.track) else {
+            return;
+        };
+        let source = self.source_of(from);
+        let Some(f) = self.fetches[slot as usize].as_mut() else {
+            return;
+        };
+        let Some(info) = f
+            .manifest
+            .as_ref()
+            .and_then(|m| m.chunks.get(index))
+            .copied()
+        else {
+            return;
+        };
+        if verify(&bytes, &info.id).is_err() {
+            self.session.verification_failures += 1;
+            tracing::warn!(?from, chunk = ?info.id, "chunk failed verification");
+            if Some(from) != self.origin {
+                self.ban(from, BanReason::BadChunk { chunk: info.id });
+            }
+            return;
+        }
+        let len = bytes.len() as u64;
+        if f.have[index] {
+            f.stats.duplicate_bytes += len;
+            self.session.duplicate_bytes += len;
+            return;
+        }
+        f.have[index] = true;
+        f.stats.bytes_by_source.add(source.kind(), len);
+        self.session.bytes_by_source.add(source.kind(), len);
+        let track = f.track;
+        // The first answer wins: everyone else asked for this chunk is told to stop.
+        let others: Vec<ReqKey> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.track == track && r.what == What::Chunk(index))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in others {
+            self.cancel_request(k);
+        }
+        self.emit(SchedulerEvent::ChunkReady {
+            track,
+            index,
+            chunk: info.id,
+            bytes,
+            source,
+            store: true,
+        });
+        for e in self.cache.insert(info.id, info.len) {
+            self.emit(SchedulerEvent::Evict(e));
+        }
+    }
+
+    fn on_manifest(&mut self, from: NodeId, track: TrackId, bytes: Vec<u8>) {
+        if TrackId::of(&bytes) != track {
+            self.session.verification_failures += 1;
+            if Some(from) != self.origin {
+                self.ban(from, BanReason::BadManifest { track });
+            }
+            return;
+        }
+        let others: Vec<ReqKey> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.track == track && r.what == What::Manifest)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in others {
+            self.cancel_request(k);
+        }
+        match Manifest::decode(&bytes) {
+            Ok(m) => {
+                self.remember_manifest(track, m);
+                self.emit(SchedulerEvent::ManifestReady { track, bytes });
+            }
+            Err(e) => {
+                tracing::warn!(?track, error = %e, "track id names an invalid manifest");
+                self.emit(SchedulerEvent::TrackInvalid(track));
+                if self.current_track() == Some(track) {
+                    self.finish_play(false);
+                }
+                if self.slot_of(&track) == Some(Slot::Next) {
+                    self.fetches[Slot::Next as usize] = None;
+                }
+            }
+        }
+    }
+
+    fn ban(&mut self, peer: NodeId, reason: BanReason) {
+        if self.banned.insert(peer) {
+            self.banned_order.push_back(peer);
+            if self.banned_order.len() > self.config.max_banned {
+                if let Some(old) = self.banned_order.pop_front() {
+                    self.banned.remove(&old);
+                }
+            }
+        }
+        let keys: Vec<ReqKey> = self
+            .requests
+            .keys()
+            .filter(|(n, _)| *n == peer)
+            .copied()
+            .collect();
+        for k in keys {
+            self.cancel_request(k);
+        }
+        for list in self.holders.values_mut() {
+            list.retain(|n| *n != peer);
+        }
+        self.nodes.remove(&peer);
+        self.emit(SchedulerEvent::PeerBanned { peer, reason });
+    }
+
+    fn on_timer(&mut self, now: Time, t: Timer) {
+        match t {
+            Timer::Late(key) => {
+                if let Some(r) = self.requests.get_mut(&key) {
+                    let first = !r.late;
+                    r.late = true;
+                    let penalty = if first {
+                        self.config.late_rate_penalty
+                    } else {
+                        1.0
+                    };
+                    let (sent, len) = (r.sent, r.len + r.ahead);
+                    if let Some(n) = self.nodes.get_mut(&key.0) {
+                        // It has not delivered this and what was ahead of it in the time since
+                        // sending: its rate is at most that (and lower by the penalty the
+                        // first time).
+                        let secs = (now - sent).saturating_sub(n.rtt).as_secs_f64().max(0.001);
+                        let bound = len as f64 / secs;
+                        n.rate = (n.rate * penalty).min(bound).max(1.0);
+                    }
+                    // Look again after as long again: the estimate keeps tightening while it
+                    // stays unanswered, so an urgent chunk is re-requested before it is due.
+                    let again = (now - sent).max(Duration::from_millis(100));
+                    self.timers.set(Timer::Late(key), now + again);
+                }
+            }
+            Timer::Expire(key) => {
+                if self.requests.contains_key(&key) {
+                    self.session.timeouts += 1;
+                    self.cancel_request(key);
+                    // Probably dead: leave it alone for a while (the driver reports real
+                    // disconnections; this catches silent ones).
+                    let backoff = SchedulerConfig::ms(self.config.max_busy_backoff_ms);
+                    if let Some(n) = self.nodes.get_mut(&key.0) {
+                        n.last_completion = now;
+                        n.busy_until = now + backoff;
+                    }
+                    self.timers.set(Timer::Retry(key.0), now + backoff);
+                }
+            }
+            Timer::Retry(_) => {}
+        }
+    }
+
+    // ---------------------------------------------------------------- playback clock
+
+    fn advance(&mut self, now: Time) {
+        // Bounded: each pass changes state or stops; a track end can start one more track.
+        for _ in 0..8 {
+            let Some(m) = self.current_manifest() else {
+                return;
+            };
+            let pre = u64::from(m.pre_skip);
+            let end = Self::track_end(m);
+            let Some(p) = self.play.as_ref() else {
+                return;
+            };
+            let Some(pos) = p.pos else {
+                return;
+            };
+            let idx = Self::chunk_index(m, pos);
+            let have_here = self.fetches[Slot::Current as usize]
+                .as_ref()
+                .is_some_and(|f| f.have.get(idx).copied().unwrap_or(false));
+            let Some(track) = self.current_track() else {
+                return;
+            };
+            let pos_ms = pos.saturating_sub(pre) * 1000 / u64::from(SAMPLE_RATE);
+            match p.state {
+                PlayState::Waiting => {
+                    if !have_here {
+                        return;
+                    }
+                    let ttfa = (!p.started_once).then(|| (now - p.requested).as_millis() as u64);
+                    if let Some(p) = self.play.as_mut() {
+                        p.state = PlayState::Playing { anchor: now };
+                        p.started_once = true;
+                    }
+                    if let (Some(ms), Some(f)) = (ttfa, self.fetches[0].as_mut()) {
+                        f.stats.time_to_first_audio_ms = Some(ms);
+                    }
+                    self.emit(SchedulerEvent::PlayStarted {
+                        track,
+                        position_ms: pos_ms,
+                        time_to_first_audio_ms: ttfa,
+                    });
+                }
+                PlayState::Playing { anchor } => {
+                    let Some(data_end) = self.contiguous_end(pos) else {
+                        return;
+                    };
+                    let at = anchor + samples_dur(data_end - pos);
+                    if at > now {
+                        return;
+                    }
+                    if data_end >= end {
+                        self.finish_play(true);
+                        if let Some(next) = self.queue.pop_front() {
+                            // Auto-advance: the gap since this track ended counts as the next
+                            // one's time to first audio.
+                            self.start_play(at, next, 0);
+                        }
+                        continue;
+                    }
+                    if let Some(p) = self.play.as_mut() {
+                        p.pos = Some(data_end);
+                        p.state = PlayState::Stalled { since: at };
+                    }
+                    if let Some(f) = self.fetches[0].as_mut() {
+                        f.stats.stutters += 1;
+                    }
+                    let ms = data_end.saturating_sub(pre) * 1000 / u64::from(SAMPLE_RATE);
+                    self.emit(SchedulerEvent::Stutter {
+                        track,
+                        position_ms: ms,
+                    });
+                }
+                PlayState::Stalled { since } => {
+                    if !have_here {
+                        return;
+                    }
+                    let stalled = (now - since).as_millis() as u64;
+                    if let Some(p) = self.play.as_mut() {
+                        p.state = PlayState::Playing { anchor: now };
+                    }
+                    if let Some(f) = self.fetches[0].as_mut() {
+                        f.stats.stalled_ms += stalled;
+                    }
+                    self.emit(SchedulerEvent::Resumed {
+                        track,
+                        stalled_ms: stalled,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The next moment the playback clock changes something on its own: an underrun or the
+    /// track's end, the buffer crossing the urgent threshold, the prefetch point.
+    fn playback_wake(&self, now: Time) -> Time {
+        let (Some(m), Some(p)) = (self.current_manifest(), self.play.as_ref()) else {
+            return Time::NEVER;
+        };
+        let recheck = now + SchedulerConfig::ms(self.config.urgent_recheck_ms.max(1));
+        let complete = self.current_complete();
+        let (Some(pos), PlayState::Playing { anchor }) = (p.pos, p.state) else {
+            // Waiting or stalled: keep re-checking who to ask until the data is in.
+            return if complete || p.pos.is_none() {
+                Time::NEVER
+            } else {
+                recheck
+            };
+        };
+        let Some(data_end) = self.contiguous_end(pos) else {
+            return Time::NEVER;
+        };
+        let mut wake = anchor + samples_dur(data_end - pos);
+        let pos_now = (pos + dur_samples(now - anchor)).min(data_end);
+        if !complete && data_end - pos_now < ms_samples(self.config.urgent_buffer_ms) {
+            wake = wake.min(recheck);
+        }
+        let urgent = ms_samples(self.config.urgent_buffer_ms);
+        let candidates = [
+            data_end.checked_sub(urgent),
+            Self::track_end(m).checked_sub(ms_samples(self.config.prefetch_before_end_ms)),
+        ];
+        for target in candidates.into_iter().flatten() {
+            if target > pos {
+                let t = anchor + samples_dur(target - pos);
+                if t > now && t < wake {
+                    wake = t;
+                }
+            }
+        }
+        wake
+    }
+
+    // ---------------------------------------------------------------- decisions
+
+    /// Chunk indices wanted for `slot`, most urgent first, with the time each is needed.
+    fn window(&self, slot: Slot, now: Time) -> Vec<(usize, Time)> {
+        let Some(f) = self.fetches[slot as usize].as_ref() else {
+            return Vec::new();
+        };
+        let Some(m) = f.manifest.as_ref() else {
+            return Vec::new();
+        };
+        let (pos, span, base) = match slot {
+            Slot::Current => {
+                let Some(pos) = self.pos_now(now) else {
+                    return Vec::new();
+                };
+                (pos, ms_samples(self.config.buffer_ahead_ms), now)
+            }
+            Slot::Next => (
+                u64::from(m.pre_skip),
+                ms_samples(self.config.prefetch_ms),
+                Time::NEVER,
+            ),
+        };
+        let mut out = Vec::new();
+        let mut i = Self::chunk_index(m, pos);
+        while i < m.chunks.len() && out.len() < self.config.max_chunks_ahead {
+            let c = &m.chunks[i];
+            if c.start >= pos.saturating_add(span) && !out.is_empty() {
+                break;
+            }
+            let need = if base == Time::NEVER {
+                Time::NEVER
+            } else {
+                base + samples_dur(c.start.saturating_sub(pos))
+            };
+            out.push((i, need));
+            i += 1;
+        }
+        out
+    }
+
+    fn usable(&self, node: &NodeId, now: Time) -> Option<&NodeState> {
+        if self.banned.contains(node) {
+            return None;
+        }
+        let n = self.nodes.get(node)?;
+        let cap = if Some(*node) == self.origin {
+            self.config.max_in_flight_origin
+        } else {
+            self.config.max_in_flight_per_peer
+        };
+        (n.busy_until <= now && n.in_flight < cap).then_some(n)
+    }
+
+    /// The peer holding `track` expected to deliver `len` bytes first, skipping `exclude`.
+    fn best_peer(
+        &self,
+        f: &TrackFetch,
+        what_index: usize,
+        len: u64,
+        exclude: &[NodeId],
+        now: Time,
+    ) -> Option<(NodeId, Time)> {
+        let list = self.holders.get(&f.track)?;
+        let mut best: Option<(NodeId, Time)> = None;
+        for node in list {
+            if exclude.contains(node) || f.not_have.contains(&(what_index, *node)) {
+                continue;
+            }
+            let Some(n) = self.usable(node, now) else {
+                continue;
+            };
+            let t = n.expected(now, len);
+            // Ties go to the earlier (nearer) holder.
+            if best.is_none_or(|(_, bt)| t < bt) {
+                best = Some((*node, t));
+            }
+        }
+        best
+    }
+
+    /// True when some non-banned holder has not said it lacks `index`.
+    fn has_holders(&self, f: &TrackFetch, index: usize) -> bool {
+        self.holders.get(&f.track).is_some_and(|l| {
+            l.iter()
+                .any(|n| !self.banned.contains(n) && !f.not_have.contains(&(index, *n)))
+        })
+    }
+
+    fn origin_candidate(&self, exclude: &[NodeId], len: u64, now: Time) -> Option<(NodeId, Time)> {
+        let o = self.origin?;
+        if exclude.contains(&o) {
+            return None;
+        }
+        self.usable(&o, now).map(|n| (o, n.expected(now, len)))
+    }
+
+    fn issue(&mut self, now: Time, to: NodeId, track: TrackId, what: What, len: u64) {
+        if self.requests.len() >= self.config.max_in_flight_total {
+            return;
+        }
+        let Some(n) = self.nodes.get_mut(&to) else {
+            return;
+        };
+        let expected = n.expected(now, len);
+        let ahead = n.outstanding;
+        n.in_flight += 1;
+        n.outstanding += len;
+        let request = self.next_request;
+        self.next_request += 1;
+        let budget = (expected - now).mul_f64(self.config.late_factor.max(1.0))
+            + SchedulerConfig::ms(self.config.late_slack_ms);
+        let key = (to, request);
+        self.timers.set(Timer::Late(key), now + budget);
+        self.timers.set(
+            Timer::Expire(key),
+            now + SchedulerConfig::ms(self.config.request_timeout_ms),
+        );
+        self.requests.insert(
+            key,
+            Req {
+                track,
+                what,
+                len,
+                ahead,
+                sent: now,
+                expected,
+                late: false,
+            },
+        );
+        let req = match what {
+            What::Manifest => ChunkRequest::GetManifest { request, track },
+            What::Chunk(i) => {
+                let chunk = self.fetches[0..2]
+                    .iter()
+                    .flatten()
+                    .find(|f| f.track == track)
+                    .and_then(|f| f.manifest.as_ref())
+                    .and_then(|m| m.chunks.get(i))
+                    .map(|c| c.id);
+                let Some(chunk) = chunk else {
+                    return;
+                };
+                ChunkRequest::GetChunk {
+                    request,
+                    track,
+                    chunk,
+                }
+            }
+        };
+        self.send(to, req);
+    }
+
+    /// Requests in flight for (`track`, `what`): key, late, and when the answer is now
+    /// expected (a late one re-estimated from its node's current rate).
+    fn in_flight_for(&self, track: TrackId, what: What, now: Time) -> Vec<(ReqKey, bool, Time)> {
+        self.requests
+            .iter()
+            .filter(|(_, r)| r.track == track && r.what == what)
+            .map(|(k, r)| {
+                let expected = if r.late || now > r.expected {
+                    self.nodes.get(&k.0).map_or(Time::NEVER, |n| {
+                        // Not there after `elapsed`: assume it needs at least as long again.
+                        let elapsed = (now - r.sent).saturating_sub(n.rtt).as_secs_f64();
+                        let owed = (r.len + r.ahead) as f64;
+                        let rate = n.rate.min(owed / elapsed.max(0.001)).max(1.0);
+                        let secs = r.len as f64 / rate;
+                        now + Duration::from_secs_f64(secs.min(1e6)) + n.rtt
+                    })
+                } else {
+                    r.expected
+                };
+                (*k, r.late, expected)
+            })
+            .collect()
+    }
+
+    fn ensure_manifest(&mut self, now: Time, slot: Slot) {
+        let Some(f) = self.fetches[slot as usize].as_ref() else {
+            return;
+        };
+        if f.manifest.is_some() {
+            return;
+        }
+        let track = f.track;
+        if let Some(m) = self.manifests.get(&track).cloned() {
+            self.remember_manifest(track, m);
+            return;
+        }
+        let asked = self.in_flight_for(track, What::Manifest, now);
+        if !asked.is_empty() && !asked.iter().all(|(_, late, _)| *late) {
+            return;
+        }
+        if asked.len() >= self.config.max_requests_per_chunk {
+            return;
+        }
+        let exclude: Vec<NodeId> = asked.iter().map(|(k, _, _)| k.0).collect();
+        // Manifests are small and block everything: ask the best peer and the origin at once.
+        let len = 4096;
+        let peer = self.best_peer(f, usize::MAX, len, &exclude, now);
+        let origin = self.origin_candidate(&exclude, len, now);
+        if peer.is_none() && origin.is_none() {
+            self.maybe_need_peers(slot);
+            return;
+        }
+        if let Some((p, _)) = peer {
+            self.issue(now, p, track, What::Manifest, len);
+        }
+        if let Some((o, _)) = origin {
+            self.issue(now, o, track, What::Manifest, len);
+        }
+    }
+
+    fn maybe_need_peers(&mut self, slot: Slot) {
+        let Some(f) = self.fetches[slot as usize].as_mut() else {
+            return;
+        };
+        if !f.asked_for_peers {
+            f.asked_for_peers = true;
+            let t = f.track;
+            self.emit(SchedulerEvent::NeedPeers(t));
+        }
+    }
+
+    fn fetch_chunk(&mut self, now: Time, slot: Slot, index: usize, need: Time, hedge: bool) {
+        let Some(f) = self.fetches[slot as usize].as_ref() else {
+            return;
+        };
+        if f.have[index] || f.reading.contains(&index) {
+            return;
+        }
+        let Some(info) = f
+            .manifest
+            .as_ref()
+            .and_then(|m| m.chunks.get(index))
+            .copied()
+        else {
+            return;
+        };
+        let track = f.track;
+        if self.cache.contains(&info.id) {
+            if let Some(f) = self.fetches[slot as usize].as_mut() {
+                f.reading.insert(index);
+            }
+            self.emit(SchedulerEvent::ReadCache {
+                track,
+                index,
+                chunk: info.id,
+            });
+            return;
+        }
+        let len = u64::from(info.len);
+        let urgent = need != Time::NEVER
+            && need.saturating_since(now) <= SchedulerConfig::ms(self.config.urgent_buffer_ms);
+        let asked = self.in_flight_for(track, What::Chunk(index), now);
+        if asked.len() >= self.config.max_requests_per_chunk {
+            return;
+        }
+        let exclude: Vec<NodeId> = asked.iter().map(|(k, _, _)| k.0).collect();
+        let peer = self.best_peer(f, index, len, &exclude, now);
+        let origin = self.origin_candidate(&exclude, len, now);
+        let holders = self.has_holders(f, index);
+        if asked.is_empty() {
+            if !holders && !f.asked_for_peers && origin.is_none() {
+                self.maybe_need_peers(slot);
+            }
+            if hedge {
+                // Start fast: the first chunk from the best peer and the origin at once.
+                if let Some((p, _)) = peer {
+                    self.issue(now, p, track, What::Chunk(index), len);
+                }
+                if let Some((o, _)) = origin {
+                    self.issue(now, o, track, What::Chunk(index), len);
+                }
+                return;
+            }
+            match (peer, origin) {
+                // The best peer would be too late: the origin if the chunk is urgent, else
+                // wait (it may become urgent, or a peer may free up).
+                (Some((_, pt)), Some(_)) if pt > need && !urgent => {}
+                (Some((p, pt)), Some((o, ot))) if pt > need => {
+                    let to = if ot < pt { o } else { p };
+                    self.issue(now, to, track, What::Chunk(index), len);
+                }
+                (Some((p, _)), _) => self.issue(now, p, track, What::Chunk(index), len),
+                (None, Some((o, _))) if urgent || !holders => {
+                    self.issue(now, o, track, What::Chunk(index), len);
+                }
+                _ => {}
+            }
+            return;
+        }
+        // Already asked: add a source only if the ones asked will not make it.
+        let origin_asked = self.origin.is_some_and(|o| exclude.contains(&o));
+        let best_expected = asked
+            .iter()
+            .map(|(_, _, t)| *t)
+            .min()
+            .unwrap_or(Time::NEVER);
+        if urgent && !origin_asked && best_expected > need {
+            if let Some((o, _)) = origin {
+                self.issue(now, o, track, What::Chunk(index), len);
+                return;
+            }
+        }
+        if asked.iter().all(|(_, late, _)| *late) {
+            // Every request for it is late: try another peer that would beat them.
+            if let Some((p, pt)) = peer.filter(|(_, pt)| *pt < best_expected) {
+                let _ = pt;
+                self.issue(now, p, track, What::Chunk(index), len);
+            } else if !holders && !origin_asked {
+                if let Some((o, _)) = origin {
+                    self.issue(now, o, track, What::Chunk(index), len);
+                }
+            }
+        }
+    }
+
+    /// Cancels requests nobody needs any more (seek, stop, skip, queue change).
+    fn cancel_unwanted(&mut self, now: Time) {
+        let mut wanted: BTreeSet<(TrackId, What)> = BTreeSet::new();
+        for slot in [Slot::Current, Slot::Next] {
+            let Some(f) = self.fetches[slot as usize].as_ref() else {
+                continue;
+            };
+            if f.manifest.is_none() {
+                wanted.insert((f.track, What::Manifest));
+            }
+            if slot == Slot::Current && self.play.is_none() {
+                continue;
+            }
+            for (i, _) in self.window(slot, now) {
+                wanted.insert((f.track, What::Chunk(i)));
+            }
+        }
+        let stale: Vec<ReqKey> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| !wanted.contains(&(r.track, r.what)))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.cancel_request(k);
+        }
+    }
+
+    fn pump(&mut self, now: Time) {
+        self.advance(now);
+        // Prefetch the queue's next track near the end of this one.
+        self.update_prefetch(now);
+        self.cancel_unwanted(now);
+        self.ensure_manifest(now, Slot::Current);
+        self.advance(now);
+        let start_index = self.play.as_ref().and_then(|p| {
+            let m = self.current_manifest()?;
+            Some(Self::chunk_index(m, p.pos?))
+        });
+        let waiting = matches!(
+            self.play.as_ref().map(|p| (p.state, p.started_once)),
+            Some((PlayState::Waiting, _))
+        );
+        let mut all_asked = true;
+        if self.play.is_some() {
+            for (i, need) in self.window(Slot::Current, now) {
+                let hedge =
+                    waiting && start_index.is_some_and(|s| i < s + self.config.hedge_start_chunks);
+                self.fetch_chunk(now, Slot::Current, i, need, hedge);
+                let f = self.fetches[0].as_ref();
+                let covered = f.is_some_and(|f| {
+                    f.have[i]
+                        || f.reading.contains(&i)
+                        || self
+                            .requests
+                            .values()
+                            .any(|r| r.track == f.track && r.what == What::Chunk(i))
+                });
+                all_asked &= covered;
+            }
+        }
+        if all_asked && self.fetches[Slot::Next as usize].is_some() {
+            self.ensure_manifest(now, Slot::Next);
+            for (i, need) in self.window(Slot::Next, now) {
+                self.fetch_chunk(now, Slot::Next, i, need, false);
+            }
+        }
+    }
+
+    fn update_prefetch(&mut self, now: Time) {
+        let next_track = self.queue.front().copied();
+        if self.fetches[Slot::Next as usize]
+            .as_ref()
+            .is_some_and(|f| Some(f.track) != next_track)
+        {
+            self.fetches[Slot::Next as usize] = None;
+        }
+        let Some(next) = next_track else {
+            return;
+        };
+        if self.fetches[Slot::Next as usize].is_some() {
+            return;
+        }
+        let (Some(m), Some(pos)) = (self.current_manifest(), self.pos_now(now)) else {
+            return;
+        };
+        let remaining = Self::track_end(m).saturating_sub(pos);
+        if remaining <= ms_samples(self.config.prefetch_before_end_ms) {
+            let f = TrackFetch::new(next, self.manifests.get(&next).cloned());
+            self.fetches[Slot::Next as usize] = Some(f);
+            if !self.holders.contains_key(&next) {
+                self.maybe_need_peers(Slot::Next);
+            }
+        }
+    }
+}
+
+impl Core for FetchScheduler {
+    type Message = ChunkMsg;
+    type Command = SchedulerCommand;
+    type Event = SchedulerEvent;
+
+    fn handle_input(&mut self, now: Time, input: Input<ChunkMsg, SchedulerCommand>) {
+        let now = now.max(self.now);
+        self.now = now;
+        match input {
+            Input::Message {
+                from,
+                msg: ChunkMsg::Response(r),
+            } => self.on_response(now, from, r),
+            // Requests are the server's business (see `PeerCore`).
+            Input::Message {
+                msg: ChunkMsg::Request(_),
+                ..
+            } => {}
+            Input::Connected(_) => {}
+            Input::Disconnected(node) => {
+                let keys: Vec<ReqKey> = self
+                    .requests
+                    .keys()
+                    .filter(|(n, _)| *n == node)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    self.take_request(k);
+                }
+                if Some(node) != self.origin {
+                    for list in self.holders.values_mut() {
+                        list.retain(|n| *n != node);
+                    }
+                }
+            }
+            Input::Timeout => {
+                while let Some(t) = self.timers.pop_expired(now) {
+                    self.on_timer(now, t);
+                }
+            }
+            Input::Command(c) => self.command(now, c),
+        }
+        self.pump(now);
+    }
+
+    fn poll_output(&mut self) -> Output<ChunkMsg, SchedulerEvent> {
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        let wake = self
+            .timers
+            .next_deadline()
+            .min(self.playback_wake(self.now));
+        Output::Timeout(wake)
+    }
+}

@@ -1,0 +1,836 @@
+//! Two-to-five-node tests of the peer core on the in-test network (virtual clock, latency,
+//! upload bandwidth): hedged start, slow peer replaced, urgent origin fallback, prefetch,
+//! verification failure, upload cap, statistics; plus property tests of the scheduler's
+//! invariants.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
+use shoal_protocol::{ChunkId, Core, Input, NodeId, Output, Time, TrackId};
+
+use super::testnet::{Net, TestTrack, make_track};
+use super::*;
+
+fn n(i: u64) -> NodeId {
+    NodeId::from_index(i)
+}
+
+const LISTENER: u64 = 1;
+const ORIGIN: u64 = 100;
+
+fn peer(i: u64, rtt_ms: u32) -> PeerInfo {
+    PeerInfo {
+        node: n(i),
+        superpeer: false,
+        rtt_ms: Some(rtt_ms),
+    }
+}
+
+fn secs(s: u64) -> Time {
+    Time::from_millis(s * 1000)
+}
+
+/// A listener and an origin (1 MB/s) holding `tracks`; the listener knows the manifests.
+fn setup(tracks: &[&TestTrack], origin_latency_ms: u64, give_manifests: bool) -> Net {
+    let mut net = Net::new();
+    net.add_listener(n(LISTENER), PeerConfig::default(), Some(n(ORIGIN)));
+    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, tracks);
+    net.set_latency(n(LISTENER), n(ORIGIN), origin_latency_ms);
+    if give_manifests {
+        for t in tracks {
+            net.command_at(
+                Time::ZERO,
+                n(LISTENER),
+                SchedulerCommand::Manifest {
+                    track: t.id,
+                    bytes: t.manifest_bytes.clone(),
+                },
+            );
+        }
+    }
+    net
+}
+
+fn add_peer(net: &mut Net, i: u64, up: f64, latency_ms: u64, tracks: &[&TestTrack]) {
+    net.add_server(n(i), ServerConfig::default(), up, tracks);
+    net.set_latency(n(LISTENER), n(i), latency_ms);
+}
+
+fn play(net: &mut Net, at: Time, track: TrackId) {
+    net.command_at(
+        at,
+        n(LISTENER),
+        SchedulerCommand::Play {
+            track,
+            position_ms: 0,
+        },
+    );
+}
+
+fn run_to_end(net: &mut Net, plays: usize, limit: Time) {
+    net.run_until(limit, |net| net.finished(n(LISTENER)).len() >= plays);
+}
+
+fn get_chunks_to(net: &Net, to: NodeId) -> Vec<(Time, u64, ChunkId)> {
+    net.sent_between(n(LISTENER), to)
+        .filter_map(|s| match &s.msg {
+            ChunkMsg::Request(ChunkRequest::GetChunk { request, chunk, .. }) => {
+                Some((s.at, *request, *chunk))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn cancels_to(net: &Net, to: NodeId) -> Vec<u64> {
+    net.sent_between(n(LISTENER), to)
+        .filter_map(|s| match &s.msg {
+            ChunkMsg::Request(ChunkRequest::Cancel { request }) => Some(*request),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Chunks handed to playback for `track`, by index, with their source.
+fn ready(net: &Net, track: TrackId) -> BTreeMap<usize, Vec<(Source, Vec<u8>)>> {
+    let mut out: BTreeMap<usize, Vec<(Source, Vec<u8>)>> = BTreeMap::new();
+    for (_, e) in net.events(n(LISTENER)) {
+        if let SchedulerEvent::ChunkReady {
+            track: t,
+            index,
+            bytes,
+            source,
+            ..
+        } = e
+        {
+            if *t == track {
+                out.entry(*index)
+                    .or_default()
+                    .push((*source, bytes.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn assert_played_correctly(net: &Net, t: &TestTrack) {
+    let got = ready(net, t.id);
+    assert_eq!(got.len(), t.chunks.len(), "every chunk delivered");
+    for (i, deliveries) in &got {
+        assert_eq!(deliveries.len(), 1, "chunk {i} delivered once");
+        assert_eq!(
+            deliveries[0].1, t.chunks[*i],
+            "chunk {i} has the right bytes"
+        );
+    }
+}
+
+#[test]
+fn hedged_start_takes_the_faster_source_and_cancels_the_other() {
+    for peer_faster in [true, false] {
+        let t = make_track(1, 8, 16_000);
+        let (origin_ms, peer_ms) = if peer_faster { (80, 10) } else { (10, 80) };
+        let mut net = setup(&[&t], origin_ms, true);
+        add_peer(&mut net, 2, 1e6, peer_ms, &[&t]);
+        net.command_at(
+            Time::ZERO,
+            n(LISTENER),
+            SchedulerCommand::Peers {
+                track: t.id,
+                peers: vec![peer(2, 20)],
+            },
+        );
+        play(&mut net, Time::ZERO, t.id);
+        net.run_until(secs(2), |_| false);
+
+        let first = t.manifest.chunks[0].id;
+        let to_peer = get_chunks_to(&net, n(2));
+        let to_origin = get_chunks_to(&net, n(ORIGIN));
+        let p = to_peer
+            .iter()
+            .find(|(_, _, c)| *c == first)
+            .expect("asked peer");
+        let o = to_origin
+            .iter()
+            .find(|(_, _, c)| *c == first)
+            .expect("asked origin");
+        assert_eq!(p.0, Time::ZERO, "hedge is immediate");
+        assert_eq!(o.0, Time::ZERO, "hedge is immediate");
+        let got = ready(&net, t.id);
+        let (winner, loser, loser_req) = if peer_faster {
+            (Source::Peer(n(2)), n(ORIGIN), o.1)
+        } else {
+            (Source::Origin(n(ORIGIN)), n(2), p.1)
+        };
+        assert_eq!(got[&0][0].0, winner);
+        assert!(
+            cancels_to(&net, loser).contains(&loser_req),
+            "the slower source is cancelled"
+        );
+        let ttfa = net
+            .events(n(LISTENER))
+            .find_map(|(_, e)| match e {
+                SchedulerEvent::PlayStarted {
+                    time_to_first_audio_ms,
+                    ..
+                } => *time_to_first_audio_ms,
+                _ => None,
+            })
+            .expect("started");
+        // One round trip on the fast link (2 × 10 ms) plus transfer and no more.
+        assert!((20..=30).contains(&ttfa), "ttfa {ttfa} ms");
+    }
+}
+
+#[test]
+fn slow_peer_is_replaced_by_a_faster_one() {
+    let t = make_track(2, 13, 16_000);
+    let mut net = setup(&[&t], 50, true);
+    // The nearest peer is listed first but uploads at 2 kB/s, below the 3.2 kB/s bitrate.
+    add_peer(&mut net, 2, 2_000.0, 5, &[&t]);
+    add_peer(&mut net, 3, 500_000.0, 30, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 10), peer(3, 60)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0);
+    assert_played_correctly(&net, &t);
+    assert!(
+        !cancels_to(&net, n(2)).is_empty(),
+        "late requests to the slow peer are cancelled"
+    );
+    let by_peer = ready(&net, t.id)
+        .values()
+        .fold(BTreeMap::new(), |mut m, d| {
+            *m.entry(format!("{:?}", d[0].0)).or_insert(0usize) += 1;
+            m
+        });
+    let fast = by_peer
+        .get(&format!("{:?}", Source::Peer(n(3))))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        fast >= 10,
+        "the fast peer delivers most chunks: {by_peer:?}"
+    );
+    assert!(
+        stats.bytes_by_source.origin <= 2 * 16_000,
+        "origin barely used: {stats:?}"
+    );
+}
+
+#[test]
+fn urgent_chunks_fall_back_to_the_origin_when_peers_are_too_slow() {
+    let t = make_track(3, 13, 16_000);
+    let mut net = setup(&[&t], 60, true);
+    // The only peer uploads at 2.5 kB/s, below the track's 3.2 kB/s.
+    add_peer(&mut net, 2, 2_500.0, 10, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 20)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(300));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0, "{stats:?}");
+    assert_played_correctly(&net, &t);
+    assert!(stats.bytes_by_source.origin > 16_000, "{stats:?}");
+    assert!(
+        stats.bytes_by_source.peers > 0,
+        "peers still used: {stats:?}"
+    );
+
+    // Control: with a fast peer, the origin serves at most the hedged first chunk.
+    let mut net = setup(&[&t], 60, true);
+    add_peer(&mut net, 2, 500_000.0, 10, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 20)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(300));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert!(
+        stats.bytes_by_source.origin <= u64::from(t.manifest.chunks[0].len),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn next_track_is_prefetched_thirty_seconds_before_the_end() {
+    let a = make_track(4, 13, 16_000); // 60.5 s
+    let b = make_track(5, 13, 16_000);
+    let mut net = setup(&[&a, &b], 40, false);
+    add_peer(&mut net, 2, 500_000.0, 15, &[&a, &b]);
+    for t in [&a, &b] {
+        net.command_at(
+            Time::ZERO,
+            n(LISTENER),
+            SchedulerCommand::Peers {
+                track: t.id,
+                peers: vec![peer(2, 30)],
+            },
+        );
+    }
+    net.command_at(Time::ZERO, n(LISTENER), SchedulerCommand::Enqueue(b.id));
+    play(&mut net, Time::ZERO, a.id);
+    run_to_end(&mut net, 2, secs(400));
+
+    let plays = net.finished(n(LISTENER));
+    assert_eq!(plays.len(), 2);
+    assert!(
+        plays.iter().all(|p| p.completed && p.stutters == 0),
+        "{plays:?}"
+    );
+    assert_eq!(plays[1].track, b.id);
+    let started_a = net
+        .events(n(LISTENER))
+        .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
+        .expect("a started");
+    // The first message about B: its manifest, asked when 30 s of A remain.
+    let first_b = net
+        .sent
+        .iter()
+        .find(|s| {
+            matches!(&s.msg, ChunkMsg::Request(ChunkRequest::GetManifest { track, .. }
+                | ChunkRequest::GetChunk { track, .. }) if *track == b.id)
+        })
+        .expect("b fetched")
+        .at;
+    let due = started_a + Duration::from_millis(60_500 - 30_000);
+    assert!(
+        first_b >= due,
+        "not before 30 s remain: {first_b:?} < {due:?}"
+    );
+    assert!(
+        first_b <= due + Duration::from_millis(50),
+        "{first_b:?} vs {due:?}"
+    );
+    // B's first chunk was there before A ended, so B starts at once.
+    assert!(
+        plays[1].time_to_first_audio_ms.is_some_and(|ms| ms <= 5),
+        "{plays:?}"
+    );
+    let b_first_ready = net
+        .events(n(LISTENER))
+        .find_map(|(at, e)| match e {
+            SchedulerEvent::ChunkReady {
+                track, index: 0, ..
+            } if *track == b.id => Some(at),
+            _ => None,
+        })
+        .expect("b chunk 0");
+    assert!(b_first_ready < started_a + Duration::from_millis(60_500));
+    assert_played_correctly(&net, &b);
+}
+
+#[test]
+fn a_peer_sending_bad_chunks_is_banned_and_playback_stays_correct() {
+    let t = make_track(6, 13, 16_000);
+    let mut net = setup(&[&t], 50, true);
+    net.add_evil(n(2), 1e6);
+    net.set_latency(n(LISTENER), n(2), 5);
+    add_peer(&mut net, 3, 500_000.0, 20, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 10), peer(3, 40)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+
+    let banned_at = net
+        .events(n(LISTENER))
+        .find_map(|(at, e)| match e {
+            SchedulerEvent::PeerBanned { peer, reason } if *peer == n(2) => {
+                assert!(matches!(reason, BanReason::BadChunk { .. }));
+                Some(at)
+            }
+            _ => None,
+        })
+        .expect("evil peer banned");
+    let asked_after = get_chunks_to(&net, n(2))
+        .into_iter()
+        .filter(|(at, _, _)| *at > banned_at)
+        .count();
+    assert_eq!(asked_after, 0, "a banned peer is never asked again");
+    assert!(net.listener(n(LISTENER)).scheduler().is_banned(&n(2)));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_played_correctly(&net, &t);
+    assert!(
+        net.listener(n(LISTENER))
+            .scheduler()
+            .session_stats()
+            .verification_failures
+            >= 1
+    );
+}
+
+#[test]
+fn upload_is_capped_by_the_token_bucket() {
+    let t = make_track(7, 40, 16_000);
+    let config = ServerConfig {
+        upload_rate: 100_000,
+        upload_burst: 65_536,
+        max_uploads: 64,
+        ..ServerConfig::default()
+    };
+    let mut s = ChunkServer::new(config.clone());
+    for c in &t.manifest.chunks {
+        s.handle_input(
+            Time::ZERO,
+            Input::Command(ServerCommand::Hold {
+                chunk: c.id,
+                len: c.len,
+            }),
+        );
+    }
+    let mut served: Vec<(Time, u64)> = Vec::new();
+    let mut busy = 0;
+    // Eight requesters ask every 10 ms for 10 s: far more than 100 kB/s.
+    for step in 0..1000u64 {
+        let now = Time::from_millis(step * 10);
+        let request = step + 1;
+        let chunk = t.manifest.chunks[1 + (step as usize % 39)].id;
+        let from = n(10 + step % 8);
+        s.handle_input(
+            now,
+            Input::Message {
+                from,
+                msg: ChunkMsg::Request(ChunkRequest::GetChunk {
+                    request,
+                    track: t.id,
+                    chunk,
+                }),
+            },
+        );
+        loop {
+            match s.poll_output() {
+                Output::Event(ServerEvent::Load { to, request, item }) => {
+                    let Item::Chunk(id) = item else { panic!() };
+                    let i = t.manifest.chunks.iter().position(|c| c.id == id).unwrap();
+                    s.handle_input(
+                        now,
+                        Input::Command(ServerCommand::Loaded {
+                            to,
+                            request,
+                            bytes: Some(t.chunks[i].clone()),
+                        }),
+                    );
+                }
+                Output::Send {
+                    to,
+                    msg: ChunkMsg::Response(ChunkResponse::Chunk { request, bytes }),
+                } => {
+                    served.push((now, bytes.len() as u64));
+                    s.handle_input(now, Input::Command(ServerCommand::Sent { to, request }));
+                }
+                Output::Send {
+                    msg: ChunkMsg::Response(ChunkResponse::Busy { retry_after_ms, .. }),
+                    ..
+                } => {
+                    assert!(retry_after_ms >= config.min_retry_after_ms);
+                    busy += 1;
+                }
+                Output::Send { msg, .. } => panic!("unexpected {msg:?}"),
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+    }
+    assert!(busy > 0);
+    // Over every window, bytes served ≤ burst + rate × window.
+    for (i, (t0, _)) in served.iter().enumerate() {
+        let mut sum = 0;
+        for (t1, b) in &served[i..] {
+            sum += b;
+            let window = (*t1 - *t0).as_secs_f64();
+            let cap = config.effective_burst() as f64 + 100_000.0 * window;
+            assert!((sum as f64) <= cap + 1.0, "{sum} bytes in {window} s");
+        }
+    }
+    let total: u64 = served.iter().map(|(_, b)| b).sum();
+    // ...and the cap is used, not wasted.
+    assert!(
+        total as f64 >= 0.9 * 100_000.0 * 9.99,
+        "served only {total}"
+    );
+    assert_eq!(s.stats().bytes_served, total);
+}
+
+#[test]
+fn concurrent_uploads_are_bounded_and_shrink_while_own_playback_is_urgent() {
+    let t = make_track(8, 10, 16_000);
+    let mut s = ChunkServer::new(ServerConfig {
+        max_uploads: 3,
+        ..ServerConfig::default()
+    });
+    for c in &t.manifest.chunks {
+        s.handle_input(
+            Time::ZERO,
+            Input::Command(ServerCommand::Hold {
+                chunk: c.id,
+                len: c.len,
+            }),
+        );
+    }
+    let ask = |s: &mut ChunkServer, request: u64| {
+        s.handle_input(
+            Time::ZERO,
+            Input::Message {
+                from: n(9),
+                msg: ChunkMsg::Request(ChunkRequest::GetChunk {
+                    request,
+                    track: t.id,
+                    chunk: t.manifest.chunks[request as usize].id,
+                }),
+            },
+        );
+        let mut loads = 0;
+        let mut busy = 0;
+        loop {
+            match s.poll_output() {
+                Output::Event(ServerEvent::Load { .. }) => loads += 1,
+                Output::Send {
+                    msg: ChunkMsg::Response(ChunkResponse::Busy { .. }),
+                    ..
+                } => busy += 1,
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        (loads, busy)
+    };
+    assert_eq!(ask(&mut s, 1), (1, 0));
+    assert_eq!(ask(&mut s, 2), (1, 0));
+    assert_eq!(ask(&mut s, 3), (1, 0));
+    assert_eq!(ask(&mut s, 4), (0, 1), "fourth upload refused");
+    // A cancelled upload frees its slot.
+    s.handle_input(
+        Time::ZERO,
+        Input::Message {
+            from: n(9),
+            msg: ChunkMsg::Request(ChunkRequest::Cancel { request: 1 }),
+        },
+    );
+    while !matches!(s.poll_output(), Output::Timeout(_)) {}
+    assert_eq!(s.uploads(), 2);
+    // Own playback urgent: at most one upload at a time.
+    s.handle_input(
+        Time::ZERO,
+        Input::Command(ServerCommand::OwnPlaybackUrgent(true)),
+    );
+    assert_eq!(ask(&mut s, 5), (0, 1));
+    // Unknown chunk: NotHave, never a Load.
+    s.handle_input(
+        Time::ZERO,
+        Input::Message {
+            from: n(9),
+            msg: ChunkMsg::Request(ChunkRequest::GetChunk {
+                request: 77,
+                track: t.id,
+                chunk: ChunkId::of(b"nope"),
+            }),
+        },
+    );
+    assert_eq!(
+        s.poll_output(),
+        Output::Send {
+            to: n(9),
+            msg: ChunkMsg::Response(ChunkResponse::NotHave { request: 77 })
+        }
+    );
+}
+
+#[test]
+fn stats_sum_to_the_track_and_a_replay_comes_from_the_cache() {
+    let t = make_track(9, 13, 16_000);
+    let mut net = setup(&[&t], 50, false);
+    add_peer(&mut net, 2, 300_000.0, 20, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![PeerInfo {
+                node: n(2),
+                superpeer: true,
+                rtt_ms: Some(40),
+            }],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+    let first = net.finished(n(LISTENER))[0].clone();
+    assert!(first.completed);
+    assert_eq!(first.bytes_by_source.total(), t.manifest.total_bytes());
+    assert_eq!(
+        first.bytes_by_source.peers, 0,
+        "a super-peer's bytes are superpeers"
+    );
+    assert!(first.bytes_by_source.superpeers > first.bytes_by_source.origin);
+    let started = net
+        .events(n(LISTENER))
+        .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
+        .expect("started");
+    assert_eq!(
+        first.time_to_first_audio_ms,
+        Some(started.as_micros() / 1000)
+    );
+    // The manifest was fetched too (hedged), then checked against the track id.
+    assert!(net.nodes[&n(LISTENER)].manifests.contains_key(&t.id));
+
+    // Replay: everything from the cache, nothing on the network.
+    let replay_at = net.now + Duration::from_secs(1);
+    let sent_before = net.sent.len();
+    play(&mut net, replay_at, t.id);
+    run_to_end(&mut net, 2, replay_at + Duration::from_secs(200));
+    let second = net.finished(n(LISTENER))[1].clone();
+    assert!(second.completed);
+    assert_eq!(second.bytes_by_source.cache, t.manifest.total_bytes());
+    assert_eq!(second.bytes_by_source.total(), t.manifest.total_bytes());
+    assert!(second.time_to_first_audio_ms.is_some_and(|ms| ms <= 2));
+    assert!(
+        net.sent[sent_before..]
+            .iter()
+            .all(|s| s.from != n(LISTENER)),
+        "no requests on a cached replay"
+    );
+    let session = net
+        .listener(n(LISTENER))
+        .scheduler()
+        .session_stats()
+        .clone();
+    assert_eq!(
+        session.bytes_by_source.total(),
+        2 * t.manifest.total_bytes()
+    );
+}
+
+#[test]
+fn a_corrupt_cache_file_is_dropped_and_refetched() {
+    let t = make_track(10, 6, 16_000);
+    let mut net = setup(&[&t], 30, true);
+    // The disk claims chunk 2, but its file is corrupt.
+    let c2 = t.manifest.chunks[2];
+    net.nodes
+        .get_mut(&n(LISTENER))
+        .expect("listener")
+        .chunks
+        .insert(c2.id, vec![0; c2.len as usize]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::CacheHas {
+            chunk: c2.id,
+            len: c2.len,
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(100));
+    assert!(
+        net.events(n(LISTENER))
+            .any(|(_, e)| *e == SchedulerEvent::Evict(c2.id))
+    );
+    assert_played_correctly(&net, &t);
+    assert_eq!(ready(&net, t.id)[&2][0].0, Source::Origin(n(ORIGIN)));
+}
+
+#[test]
+fn seek_cancels_what_is_no_longer_needed_and_stutters_are_counted() {
+    let t = make_track(11, 13, 16_000);
+    let mut net = setup(&[&t], 30, true);
+    // Only a slow peer and a slow origin: the buffer cannot keep up.
+    net.nodes.get_mut(&n(ORIGIN)).expect("origin").up = 2_000.0;
+    add_peer(&mut net, 2, 1_000.0, 10, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 20)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    net.run_until(secs(3), |_| false);
+    let cancels_before = cancels_to(&net, n(2)).len() + cancels_to(&net, n(ORIGIN)).len();
+    net.command_at(
+        secs(3),
+        n(LISTENER),
+        SchedulerCommand::Seek {
+            position_ms: 50_000,
+        },
+    );
+    net.run_until(secs(4), |_| false);
+    let cancels_after = cancels_to(&net, n(2)).len() + cancels_to(&net, n(ORIGIN)).len();
+    assert!(cancels_after > cancels_before, "seek cancels early chunks");
+    // After the seek, the first request is for the chunk holding 50 s (index 10).
+    let wanted = t.manifest.chunks[10].id;
+    let after: Vec<ChunkId> = net
+        .sent
+        .iter()
+        .filter(|s| s.at >= secs(3) && s.from == n(LISTENER))
+        .filter_map(|s| match &s.msg {
+            ChunkMsg::Request(ChunkRequest::GetChunk { chunk, .. }) => Some(*chunk),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(after.first(), Some(&wanted));
+    run_to_end(&mut net, 1, secs(600));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert!(stats.stutters >= 1, "a starved play stutters: {stats:?}");
+    let stutter_events = net
+        .events(n(LISTENER))
+        .filter(|(_, e)| matches!(e, SchedulerEvent::Stutter { .. }))
+        .count();
+    assert_eq!(stutter_events as u32, stats.stutters);
+    assert!(stats.stalled_ms > 0);
+}
+
+#[test]
+fn a_listener_serves_what_it_has_played() {
+    let t = make_track(12, 6, 16_000);
+    let mut net = setup(&[&t], 30, true);
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(100));
+    let c = t.manifest.chunks[3];
+    assert!(net.listener(n(LISTENER)).server().holds(&c.id));
+    // Another node asks the listener for it and gets the verified bytes.
+    let now = net.now;
+    let req = ChunkRequest::GetChunk {
+        request: 5,
+        track: t.id,
+        chunk: c.id,
+    };
+    net.deliver_at(now, n(50), n(LISTENER), ChunkMsg::Request(req));
+    net.run_until(now + Duration::from_secs(1), |_| false);
+    let answer = net
+        .sent_between(n(LISTENER), n(50))
+        .find_map(|s| match &s.msg {
+            ChunkMsg::Response(ChunkResponse::Chunk { request: 5, bytes }) => Some(bytes.clone()),
+            _ => None,
+        })
+        .expect("served");
+    assert_eq!(answer, t.chunks[3]);
+    assert_eq!(
+        net.listener(n(LISTENER)).server().stats().bytes_served,
+        u64::from(c.len)
+    );
+}
+
+/// Runs a random network; returns the net, the track and whether it finished.
+fn random_run(
+    chunks: usize,
+    peers: &[(f64, u64, bool)],
+    origin_up: f64,
+    seed: u64,
+) -> (Net, TestTrack) {
+    let t = make_track(seed, chunks, 12_000);
+    let mut net = setup(&[&t], 40, seed % 2 == 0);
+    net.nodes.get_mut(&n(ORIGIN)).expect("origin").up = origin_up;
+    let mut infos = Vec::new();
+    for (i, (up, latency, evil)) in peers.iter().enumerate() {
+        let id = 2 + i as u64;
+        if *evil {
+            net.add_evil(n(id), *up);
+            net.set_latency(n(LISTENER), n(id), *latency);
+        } else {
+            add_peer(&mut net, id, *up, *latency, &[&t]);
+        }
+        infos.push(peer(id, (2 * latency) as u32));
+    }
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: infos,
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(3600));
+    (net, t)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// With a working origin, every chunk is delivered exactly once with the right bytes,
+    /// playback completes, the in-flight caps hold, and the byte statistics add up.
+    #[test]
+    fn every_chunk_delivered_once_within_caps(
+        chunks in 2usize..10,
+        peers in prop::collection::vec((500.0f64..600_000.0, 1u64..150, prop::bool::weighted(0.2)), 0..4),
+        origin_up in 20_000.0f64..1e6,
+        seed in 0u64..1000,
+    ) {
+        let (net, t) = random_run(chunks, &peers, origin_up, seed);
+        let plays = net.finished(n(LISTENER));
+        prop_assert_eq!(plays.len(), 1);
+        prop_assert!(plays[0].completed);
+        prop_assert_eq!(plays[0].bytes_by_source.total(), t.manifest.total_bytes());
+        let got = ready(&net, t.id);
+        prop_assert_eq!(got.len(), chunks);
+        for (i, d) in &got {
+            prop_assert_eq!(d.len(), 1);
+            prop_assert_eq!(&d[0].1, &t.chunks[*i]);
+        }
+        let config = SchedulerConfig::default();
+        for (node, max) in &net.max_in_flight {
+            let cap = if *node == n(ORIGIN) { config.max_in_flight_origin } else { config.max_in_flight_per_peer };
+            prop_assert!(*max <= cap, "{:?} had {} in flight", node, max);
+        }
+        // Nothing left in flight once the track is done.
+        prop_assert_eq!(net.listener(n(LISTENER)).scheduler().in_flight_total(), 0);
+    }
+
+    /// Whatever arrives (garbage, responses to unknown requests, duplicates), the scheduler
+    /// never hands unverified bytes to playback.
+    #[test]
+    fn garbage_never_reaches_playback(
+        junk in prop::collection::vec((0u64..40, prop::collection::vec(any::<u8>(), 0..64)), 1..60),
+    ) {
+        let t = make_track(99, 4, 2_000);
+        let mut s = FetchScheduler::new(SchedulerConfig::default()).with_origin(n(ORIGIN));
+        s.handle_input(Time::ZERO, Input::Command(SchedulerCommand::Manifest { track: t.id, bytes: t.manifest_bytes.clone() }));
+        s.handle_input(Time::ZERO, Input::Command(SchedulerCommand::Play { track: t.id, position_ms: 0 }));
+        for (i, (request, bytes)) in junk.into_iter().enumerate() {
+            let now = Time::from_millis(i as u64 * 7);
+            s.handle_input(now, Input::Message { from: n(ORIGIN), msg: ChunkMsg::Response(ChunkResponse::Chunk { request, bytes }) });
+            loop {
+                match s.poll_output() {
+                    Output::Event(SchedulerEvent::ChunkReady { .. }) => prop_assert!(false, "garbage accepted"),
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            prop_assert!(s.in_flight(&n(ORIGIN)) <= SchedulerConfig::default().max_in_flight_origin);
+        }
+    }
+}

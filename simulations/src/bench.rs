@@ -132,11 +132,11 @@ impl Cores for TrafficCores {
         .filter(|_| info.role != Role::Tracker || self.nodes > 0)
     }
 
-    fn command(&mut self, _node: u32, action: Listen) -> Option<bool> {
+    fn commands(&mut self, _node: u32, action: Listen, out: &mut Vec<bool>) {
         match action {
-            Listen::SessionStart => Some(true),
-            Listen::SessionEnd => Some(false),
-            Listen::Play { .. } => None,
+            Listen::SessionStart => out.push(true),
+            Listen::SessionEnd => out.push(false),
+            Listen::Play { .. } => {}
         }
     }
 

@@ -109,8 +109,9 @@ pub trait Cores {
     /// The core for a node, or `None` when that role's core is not integrated.
     fn spawn(&mut self, info: &NodeInfo<'_>) -> Option<Self::Core>;
 
-    /// The command that carries out a listener action on a peer's core.
-    fn command(&mut self, node: u32, action: Listen) -> Option<Cmd<Self>>;
+    /// The commands, in order, that carry out a listener action on a peer's core (e.g. play
+    /// a track, then queue the next one).
+    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Cmd<Self>>);
 
     /// Reads an event a core reported into the statistics (first audio, stutter, bytes by
     /// source, play finished...) and does what the driver does with it (`feedback`, e.g. a
@@ -182,9 +183,7 @@ impl Cores for NoCores {
         None
     }
 
-    fn command(&mut self, _node: u32, _action: Listen) -> Option<Absent> {
-        None
-    }
+    fn commands(&mut self, _node: u32, _action: Listen, _out: &mut Vec<Absent>) {}
 
     fn observe(
         &mut self,

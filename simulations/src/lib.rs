@@ -13,6 +13,7 @@
 //! - [`stats`], [`output`], [`plot`], [`sweep`]: what is measured and written.
 
 pub mod bench;
+pub mod catalog;
 pub mod cores;
 pub mod engine;
 pub mod net;

@@ -571,12 +571,10 @@ impl<C: Cores> World<C> {
     }
 
     fn command(&mut self, node: u32, action: Listen) {
-        let now = self.engine.now();
-        if let Some(cmd) = self.cores.command(node, action) {
-            if let Some(core) = self.slots[node as usize].core.as_mut() {
-                core.handle_input(now, Input::Command(cmd));
-                self.drain(node);
-            }
+        let mut cmds = Vec::new();
+        self.cores.commands(node, action, &mut cmds);
+        for cmd in cmds {
+            self.apply(node, Feedback::Command(cmd));
         }
     }
 
@@ -787,8 +785,7 @@ impl<C: Cores> World<C> {
 
     /// Duration of a track, seconds: a fixed draw per track (no per-track storage).
     pub fn track_duration_s(&self, track: u32) -> f64 {
-        let mut r = Rng::new(self.seed ^ 0x7472_6163_6b73, u64::from(track));
-        self.s.catalog.track_duration_s.sample(&mut r).max(1.0)
+        crate::catalog::track_duration_s(self.seed, &self.s.catalog.track_duration_s, track)
     }
 
     /// How long the listener stays on a track of `dur` seconds (skip model).

@@ -1,0 +1,190 @@
+//! Owns the synthetic catalog the simulated origin serves: per track a duration (a fixed draw
+//! from the scenario's distribution), chunks laid out like the real chunker's (a short first
+//! chunk, then chunks of a few seconds at the scenario's bitrate), chunk bytes generated
+//! deterministically from (track, index) so they need no storage, and the canonical manifest
+//! whose ids are the BLAKE3 of those bytes — so the real cores verify real hashes.
+//! Tracks are materialised on first use.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use shoal_protocol::chunk::MAX_CHUNK_BYTES;
+use shoal_protocol::{ChunkId, ChunkInfo, Manifest, SAMPLE_RATE, TrackId};
+
+use crate::rng::Rng;
+use crate::scenario::Dist;
+
+/// Duration of the first chunk, ms (the real chunker's ≈ 0.5 s start chunk).
+pub const FIRST_CHUNK_MS: u64 = 500;
+/// Duration of later chunks, ms (a few seconds, ≤ 64 KiB at any sane bitrate).
+pub const CHUNK_MS: u64 = 3000;
+/// Opus pre-skip written in synthetic manifests (libopus' usual 312 samples).
+pub const PRE_SKIP: u16 = 312;
+
+/// Duration of catalog track `track`, seconds: a fixed draw per track (no per-track storage),
+/// shared by the listening model and the synthetic catalog.
+pub fn track_duration_s(seed: u64, dist: &Dist, track: u32) -> f64 {
+    let mut r = Rng::new(seed ^ 0x7472_6163_6b73, u64::from(track));
+    dist.sample(&mut r).clamp(1.0, 3.0 * 3600.0)
+}
+
+/// One materialised track.
+#[derive(Debug, Clone)]
+pub struct SynthTrack {
+    /// Catalog index.
+    pub index: u32,
+    /// Its id (BLAKE3 of the canonical manifest).
+    pub id: TrackId,
+    /// Canonical manifest bytes.
+    pub manifest: Vec<u8>,
+    /// The manifest's chunk list.
+    pub chunks: Vec<ChunkInfo>,
+}
+
+/// The catalog of one run.
+#[derive(Debug)]
+pub struct SynthCatalog {
+    seed: u64,
+    duration: Dist,
+    bytes_per_s: f64,
+    tracks: HashMap<u32, Rc<SynthTrack>>,
+    by_id: HashMap<TrackId, u32>,
+    by_chunk: HashMap<ChunkId, (u32, u32)>,
+}
+
+impl SynthCatalog {
+    /// A catalog whose track durations follow `duration` (seconds) at `bitrate_kbps`.
+    pub fn new(seed: u64, duration: Dist, bitrate_kbps: f64) -> Self {
+        Self {
+            seed,
+            duration,
+            bytes_per_s: bitrate_kbps * 1000.0 / 8.0,
+            tracks: HashMap::new(),
+            by_id: HashMap::new(),
+            by_chunk: HashMap::new(),
+        }
+    }
+
+    /// Bytes of chunk `index` of track `track` (`len` bytes: version byte + filler).
+    pub fn chunk_bytes(&self, track: u32, index: u32, len: u32) -> Vec<u8> {
+        let mut r = Rng::new(
+            self.seed ^ 0x6368_756e_6b73 ^ u64::from(track) << 24,
+            u64::from(index),
+        );
+        let mut v = Vec::with_capacity(len as usize);
+        v.push(1u8);
+        while v.len() < len as usize {
+            v.extend_from_slice(&r.next_u64().to_le_bytes());
+        }
+        v.truncate(len as usize);
+        v
+    }
+
+    /// Track `track`, materialised on first use (hashes all its chunks once).
+    pub fn track(&mut self, track: u32) -> Rc<SynthTrack> {
+        if let Some(t) = self.tracks.get(&track) {
+            return Rc::clone(t);
+        }
+        let dur_ms = (track_duration_s(self.seed, &self.duration, track) * 1000.0) as u64;
+        let mut chunks = Vec::new();
+        let mut start = 0u64;
+        let mut done_ms = 0u64;
+        while done_ms < dur_ms {
+            let ms = if chunks.is_empty() {
+                FIRST_CHUNK_MS
+            } else {
+                CHUNK_MS
+            }
+            .min(dur_ms - done_ms);
+            let samples = (ms * u64::from(SAMPLE_RATE) / 1000).max(1) as u32;
+            let len =
+                ((self.bytes_per_s * ms as f64 / 1000.0) as u32).clamp(64, MAX_CHUNK_BYTES as u32);
+            let index = chunks.len() as u32;
+            let id = ChunkId::of(&self.chunk_bytes(track, index, len));
+            chunks.push(ChunkInfo {
+                id,
+                len,
+                start,
+                samples,
+            });
+            start += u64::from(samples);
+            done_ms += ms;
+        }
+        let total = start.saturating_sub(u64::from(PRE_SKIP)).max(1);
+        let manifest = Manifest::new(2, PRE_SKIP, total, chunks.clone())
+            .expect("synthetic manifests satisfy the manifest invariants (tested)");
+        let bytes = manifest.encode();
+        let t = Rc::new(SynthTrack {
+            index: track,
+            id: TrackId::of(&bytes),
+            manifest: bytes,
+            chunks,
+        });
+        self.by_id.insert(t.id, track);
+        for (i, c) in t.chunks.iter().enumerate() {
+            self.by_chunk.insert(c.id, (track, i as u32));
+        }
+        self.tracks.insert(track, Rc::clone(&t));
+        t
+    }
+
+    /// The catalog index of a materialised track id.
+    pub fn index_of(&self, id: &TrackId) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// Bytes of a chunk of a materialised track, by id.
+    pub fn bytes_of_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
+        let (track, index) = *self.by_chunk.get(id)?;
+        let len = self.tracks.get(&track)?.chunks.get(index as usize)?.len;
+        Some(self.chunk_bytes(track, index, len))
+    }
+
+    /// Manifest bytes of a materialised track, by id.
+    pub fn manifest_of(&self, id: &TrackId) -> Option<Vec<u8>> {
+        let t = self.tracks.get(self.by_id.get(id)?)?;
+        Some(t.manifest.clone())
+    }
+
+    /// Tracks materialised so far.
+    pub fn materialised(&self) -> usize {
+        self.tracks.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_are_valid_and_chunks_hash_to_their_ids() {
+        let mut c = SynthCatalog::new(
+            5,
+            Dist::Lognormal {
+                mu: 225f64.ln(),
+                sigma: 0.3,
+            },
+            160.0,
+        );
+        for track in [0u32, 1, 77, 99_999] {
+            let t = c.track(track);
+            let m = Manifest::decode(&t.manifest).expect("valid manifest");
+            assert_eq!(m.track_id(), t.id);
+            assert_eq!(c.index_of(&t.id), Some(track));
+            let dur = m.duration().as_secs_f64();
+            let want = track_duration_s(5, &c.duration, track);
+            assert!((dur - want).abs() < 0.1, "{dur} vs {want}");
+            assert!(t.chunks[0].len < t.chunks[1].len, "short first chunk");
+            for (i, ch) in t.chunks.iter().enumerate() {
+                let b = c.chunk_bytes(track, i as u32, ch.len);
+                assert!(ch.id.matches(&b));
+                assert_eq!(c.bytes_of_chunk(&ch.id), Some(b));
+            }
+        }
+        assert_eq!(c.materialised(), 4);
+        // Different tracks never share chunk ids.
+        let a = c.track(0);
+        let b = c.track(1);
+        assert_ne!(a.chunks[0].id, b.chunks[0].id);
+    }
+}

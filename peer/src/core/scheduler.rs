@@ -632,6 +632,10 @@ impl FetchScheduler {
             }
         };
         self.fetches[Slot::Current as usize] = Some(fetch);
+        if self.holders.get(&track).is_none_or(|l| l.is_empty()) {
+            // Ask for holders at once: the origin alone is the expensive path.
+            self.maybe_need_peers(Slot::Current);
+        }
         self.play = Some(Playback {
             requested: now,
             pos: None,
@@ -1464,7 +1468,7 @@ impl FetchScheduler {
         let origin = self.origin_candidate(&exclude, len, now);
         let holders = self.has_holders(f, index);
         if asked.is_empty() {
-            if !holders && !f.asked_for_peers && origin.is_none() {
+            if !holders {
                 self.maybe_need_peers(slot);
             }
             if hedge {

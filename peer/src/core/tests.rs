@@ -744,6 +744,69 @@ fn a_listener_serves_what_it_has_played() {
     );
 }
 
+#[test]
+fn a_busy_peer_is_left_alone_for_retry_after_and_the_chunk_comes_from_elsewhere() {
+    let t = make_track(13, 13, 16_000);
+    let mut net = setup(&[&t], 40, true);
+    // One upload at a time on a 20 kB/s uplink: our second request in flight gets Busy.
+    let busy_config = ServerConfig {
+        max_uploads: 1,
+        min_retry_after_ms: 800,
+        ..ServerConfig::default()
+    };
+    net.add_server(n(2), busy_config, 20_000.0, &[&t]);
+    net.set_latency(n(LISTENER), n(2), 10);
+    add_peer(&mut net, 3, 200_000.0, 30, &[&t]);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 20), peer(3, 60)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+    let busy: Vec<Time> = net
+        .sent_between(n(2), n(LISTENER))
+        .filter(|s| matches!(s.msg, ChunkMsg::Response(ChunkResponse::Busy { .. })))
+        .map(|s| s.at)
+        .collect();
+    assert!(!busy.is_empty(), "the peer answered Busy");
+    let asks = get_chunks_to(&net, n(2));
+    for b in &busy {
+        // Busy reaches us 10 ms later; nothing is asked within the following 800 ms.
+        let quiet_until = *b + Duration::from_millis(10 + 800);
+        assert!(
+            !asks.iter().any(|(at, _, _)| *at > *b && *at < quiet_until),
+            "asked again during retry_after"
+        );
+    }
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0);
+    assert_played_correctly(&net, &t);
+    assert!(
+        !net.events(n(LISTENER))
+            .any(|(_, e)| *e == SchedulerEvent::NeedPeers(t.id)),
+        "holders were given before play: no lookup needed"
+    );
+}
+
+#[test]
+fn playing_without_known_holders_asks_the_driver_for_them() {
+    let t = make_track(14, 3, 16_000);
+    let mut net = setup(&[&t], 40, true);
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(100));
+    assert!(
+        net.events(n(LISTENER))
+            .any(|(_, e)| *e == SchedulerEvent::NeedPeers(t.id))
+    );
+    let stats = &net.finished(n(LISTENER))[0];
+    assert_eq!(stats.bytes_by_source.origin, t.manifest.total_bytes());
+}
+
 /// Runs a random network; returns the net, the track and whether it finished.
 fn random_run(
     chunks: usize,
@@ -779,7 +842,7 @@ fn random_run(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// With a working origin, every chunk is delivered exactly once with the right bytes,
     /// playback completes, the in-flight caps hold, and the byte statistics add up.

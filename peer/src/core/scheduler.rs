@@ -346,6 +346,14 @@ fn ms_samples(ms: u64) -> u64 {
 }
 
 /// The peer's fetch scheduler. See the module documentation.
+///
+/// Driver contract: feed `ChunkMsg::Response`s from nodes, `Disconnected` for lost nodes,
+/// `Timeout` at the time `poll_output` asks for, and commands. Outputs: `Send` a
+/// `ChunkMsg::Request` to a node (for the origin's `NodeId`, map `GetChunk`/`GetManifest` to
+/// HTTP `/chunks/{id}` and answer with `Chunk`/`Manifest`/`NotHave`; a `Cancel` aborts the HTTP
+/// request and needs no answer); `ReadCache` → read the file and answer `CacheData`;
+/// `ChunkReady` → give it to the decoder and, if `store`, write it to the cache; `Evict` →
+/// delete it. The scheduler never needs the driver to decide anything.
 #[derive(Debug)]
 pub struct FetchScheduler {
     config: SchedulerConfig,

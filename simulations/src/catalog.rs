@@ -65,18 +65,16 @@ impl SynthCatalog {
         }
     }
 
-    /// Bytes of chunk `index` of track `track` (`len` bytes: version byte + filler).
+    /// Bytes of chunk `index` of track `track` (`len` bytes: version byte + filler from
+    /// BLAKE3's extendable output keyed by seed, track and index).
     pub fn chunk_bytes(&self, track: u32, index: u32, len: u32) -> Vec<u8> {
-        let mut r = Rng::new(
-            self.seed ^ 0x6368_756e_6b73 ^ u64::from(track) << 24,
-            u64::from(index),
-        );
-        let mut v = Vec::with_capacity(len as usize);
-        v.push(1u8);
-        while v.len() < len as usize {
-            v.extend_from_slice(&r.next_u64().to_le_bytes());
-        }
-        v.truncate(len as usize);
+        let mut v = vec![0u8; len.max(1) as usize];
+        v[0] = 1;
+        let mut h = blake3::Hasher::new();
+        h.update(&self.seed.to_le_bytes());
+        h.update(&track.to_le_bytes());
+        h.update(&index.to_le_bytes());
+        h.finalize_xof().fill(&mut v[1..]);
         v
     }
 

@@ -103,6 +103,11 @@ pub trait Cores {
         false
     }
 
+    /// What the summary should say about this core set's limits (e.g. a role not integrated).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Bytes `msg` occupies on the wire (framing included), for bandwidth accounting.
     fn wire_len(&self, msg: &Msg<Self>) -> u32;
 

@@ -22,6 +22,7 @@ pub mod plot;
 pub mod rng;
 pub mod rtt;
 pub mod scenario;
+pub mod shoal;
 pub mod sim;
 pub mod stats;
 pub mod sweep;

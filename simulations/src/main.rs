@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal_sim::cores::NoCores;
+use shoal_sim::shoal::ShoalCores;
 use shoal_sim::sim::World;
 use shoal_sim::{output, scenario, sweep};
 
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             // Fail on an unusable --out before spending time on the run.
             let staging = output::Staging::new(&out)?;
             let pb = bar(s.run.duration_s.ceil() as u64, "sim s");
-            let mut r = World::new(s, seed, NoCores).run(&mut |t, events| {
+            let mut r = World::new(s, seed, ShoalCores::new(s, seed)).run(&mut |t, events| {
                 pb.set_position(t as u64);
                 pb.set_message(format!("{events} events"));
             });
@@ -124,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                 &axes,
                 seed,
                 &out,
-                || NoCores,
+                ShoalCores::new,
                 |done, _| pb.set_position(done as u64),
             )?;
             pb.finish_and_clear();

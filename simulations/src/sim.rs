@@ -91,6 +91,8 @@ pub struct World<C: Cores> {
     pending_feedback: std::collections::VecDeque<(u32, Feedback<C>)>,
     /// Scratch buffer for one event's feedback.
     feedback: Vec<Feedback<C>>,
+    /// When building started (wall_s covers setup and run).
+    created: Instant,
 }
 
 impl<C: Cores> std::fmt::Debug for World<C> {
@@ -112,6 +114,7 @@ fn bps_of_mbps(m: f64) -> f32 {
 impl<C: Cores> World<C> {
     /// Builds the population for `s` with `seed`.
     pub fn new(s: &Scenario, seed: u64, cores: C) -> Self {
+        let created = Instant::now();
         let regions = RegionMatrix::for_scenario(s);
         let p = &s.population;
         let peers = p.peers;
@@ -259,6 +262,7 @@ impl<C: Cores> World<C> {
             misaddressed: 0,
             pending_feedback: std::collections::VecDeque::new(),
             feedback: Vec::new(),
+            created,
         };
         for i in 0..peers {
             w.attach(i);
@@ -328,7 +332,6 @@ impl<C: Cores> World<C> {
 
     /// Runs to the end; `progress(sim_seconds, events)` is called now and then.
     pub fn run(mut self, progress: &mut dyn FnMut(f64, u64)) -> RunOutput {
-        let wall = Instant::now();
         let end = Time::from_micros((self.s.run.duration_s * 1e6) as u64);
         self.schedule_initial();
         // Boot every core (its first poll sets its timers and initial messages).
@@ -352,7 +355,8 @@ impl<C: Cores> World<C> {
             }
         }
         progress(self.s.run.duration_s, self.engine.dispatched());
-        self.finish(wall.elapsed().as_secs_f64())
+        let wall_s = self.created.elapsed().as_secs_f64();
+        self.finish(wall_s)
     }
 
     fn schedule_initial(&mut self) {
@@ -847,6 +851,7 @@ impl<C: Cores> World<C> {
                     .to_string(),
             );
         }
+        notes.extend(self.cores.notes());
         if self.misaddressed > 0 {
             notes.push(format!(
                 "{} messages to unknown node ids were dropped",

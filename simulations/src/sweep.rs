@@ -125,7 +125,7 @@ pub fn sweep<C: Cores>(
     axes: &[Axis],
     seed: Option<u64>,
     out: &Path,
-    make_cores: impl Fn() -> C + Sync,
+    make_cores: impl Fn(&crate::scenario::Scenario, u64) -> C + Sync,
     on_done: impl Fn(usize, usize) + Sync,
 ) -> Result<PathBuf, SweepError> {
     let combos = grid(axes);
@@ -146,7 +146,8 @@ pub fn sweep<C: Cores>(
         .enumerate()
         .map(|(i, l)| {
             let seed = seed.unwrap_or(l.scenario.run.seed);
-            let mut r = World::new(&l.scenario, seed, make_cores()).run(&mut |_, _| {});
+            let mut r =
+                World::new(&l.scenario, seed, make_cores(&l.scenario, seed)).run(&mut |_, _| {});
             r.summary.sets = combos[i].clone();
             let dir = staging.path().join(dir_name(i, &combos[i]));
             std::fs::create_dir_all(&dir).map_err(|source| OutputError::Io {

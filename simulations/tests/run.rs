@@ -8,6 +8,7 @@ use shoal_sim::bench::TrafficCores;
 use shoal_sim::cores::NoCores;
 use shoal_sim::output;
 use shoal_sim::scenario;
+use shoal_sim::shoal::ShoalCores;
 use shoal_sim::sim::World;
 
 fn scenario_path(name: &str) -> PathBuf {
@@ -209,7 +210,7 @@ fn sweep_runs_grid_and_keeps_churn_fixed_across_listening_values() {
         &axes,
         Some(3),
         &base,
-        || NoCores,
+        |_, _| NoCores,
         |_, _| {},
     )
     .expect("sweep");
@@ -225,4 +226,51 @@ fn sweep_runs_grid_and_keeps_churn_fixed_across_listening_values() {
         .collect();
     assert_eq!(online[0], online[1], "{csv}");
     std::fs::remove_dir_all(&base).expect("cleanup");
+}
+
+fn small_real(seed: u64) -> shoal_sim::sim::RunOutput {
+    // Shorter than the file's 900 s to keep CI quick; the super-peer crash at 600 s stays in.
+    let s = scenario::load(&scenario_path("small"), &["run.duration_s=660".to_string()])
+        .expect("small loads")
+        .scenario;
+    World::new(&s, seed, ShoalCores::new(&s, seed)).run(&mut |_, _| {})
+}
+
+#[test]
+fn real_peer_core_run_is_deterministic_and_sane() {
+    let t = Instant::now();
+    let a = small_real(8);
+    assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
+    let b = small_real(8);
+    assert_eq!(a.summary.trace_hash, b.summary.trace_hash);
+    assert_eq!(a.summary.bytes_by_source, b.summary.bytes_by_source);
+    assert_eq!(
+        a.summary.time_to_first_audio_ms,
+        b.summary.time_to_first_audio_ms
+    );
+    let sm = &a.summary;
+    assert_eq!(sm.cores.len(), 2, "{:?}", sm.cores);
+    // Playback statistics are measured from the peer core's events.
+    let lat = sm.time_to_first_audio_ms.expect("plays started");
+    assert!(
+        lat.p50 >= 0.0 && lat.p90 >= lat.p50 && lat.p99 >= lat.p90,
+        "{lat:?}"
+    );
+    assert!(lat.p99 > 0.0);
+    assert!(a.latencies_ms.iter().all(|&v| v >= 0.0));
+    let stutter = sm.stutter_rate.expect("plays ended");
+    assert!((0.0..=1.0).contains(&stutter));
+    let sh = sm.share_by_source.expect("bytes moved");
+    assert!(
+        (sh.cache + sh.peers + sh.superpeers + sh.origin - 1.0).abs() < 1e-9,
+        "{sh:?}"
+    );
+    assert!(sh.origin > 0.0 && sh.cache > 0.0, "{sh:?}");
+    assert!(sm.origin_egress_peak_mbps.expect("origin served") > 0.0);
+    // What is not integrated is said, not hidden.
+    assert!(
+        sm.notes
+            .iter()
+            .any(|n| n.contains("tracker core not integrated"))
+    );
 }

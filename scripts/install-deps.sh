@@ -9,6 +9,8 @@ packages=(
   libasound2-dev   # ALSA for `--output device` (cpal)
   singularity-music  # real music (CC-BY-SA 3.0 Ogg Vorbis) the tests import
   opus-tools       # opusenc/opusdec: reference for audio quality checks and benchmarks
+  sox              # makes test inputs (FLAC, MP3, WAV, ADPCM) from the real music
+  libsox-fmt-all   # sox MP3/Vorbis support
 )
 
 missing=()

@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_peer::audio::{OutputTarget, TrackDecoder};
-use shoal_peer::net::stats::{BytesBySource, PlayStats};
+use shoal_peer::core::BytesBySource;
+use shoal_peer::net::stats::PlayReport;
 use shoal_protocol::TrackId;
 use shoal_tracker::store::LocalStore;
 
@@ -91,7 +92,8 @@ fn play_local(
     let start_sample = (start * 48_000.0).round() as u64;
     let mut decoder = TrackDecoder::new(&manifest, start_sample)?;
     let mut sink = output.open(decoder.channels())?;
-    let mut stats = PlayStats::new(track);
+    let mut first_audio_ms = None;
+    let mut frames = 0u64;
     let mut pcm = Vec::new();
     let mut bytes = BytesBySource::default();
     while let Some(index) = decoder.next_chunk() {
@@ -104,22 +106,22 @@ fn play_local(
         decoder.decode_chunk(index, &chunk, &mut pcm)?;
         sink.write(&pcm)
             .with_context(|| format!("playing to {output}"))?;
-        if stats.time_to_first_audio_ms.is_none() && !pcm.is_empty() {
-            stats.time_to_first_audio_ms = Some(began.elapsed().as_secs_f64() * 1000.0);
+        if first_audio_ms.is_none() && !pcm.is_empty() {
+            first_audio_ms = Some(began.elapsed().as_secs_f64() * 1000.0);
         }
-        stats.samples_played += (pcm.len() / decoder.channels()) as u64;
+        frames += (pcm.len() / decoder.channels()) as u64;
     }
     sink.finish()
         .with_context(|| format!("playing to {output}"))?;
-    stats.set_bytes(bytes);
+    let report = PlayReport::new(track, first_audio_ms, 0, frames, &bytes);
     eprintln!(
         "played {title} from {:.1} s: {:.1} s of audio to {output}, first audio after {:.1} ms",
         start,
-        stats.samples_played as f64 / 48_000.0,
-        stats.time_to_first_audio_ms.unwrap_or(0.0)
+        frames as f64 / 48_000.0,
+        first_audio_ms.unwrap_or(0.0)
     );
     if json {
-        println!("{}", serde_json::to_string(&stats)?);
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! reference. Needs the Debian packages `singularity-music`, `opus-tools` and `sox`
 //! (`scripts/install-deps.sh` installs them).
 
+#![cfg(feature = "audio")]
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};

@@ -3,11 +3,17 @@
 
 pub mod stats;
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,symphonia=warn,symphonia_format_ogg=warn")
-    });
+    let requested = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // symphonia logs its own view of bad input; ours is the one line users need.
+    if !requested.contains("symphonia")
+        && let Ok(quiet) = "symphonia=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     // A second call (tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,12 +1,15 @@
-//! Per-play statistics, named as in DESIGN.md ("Names users and tools rely on") so that
-//! `shoal-peer play --json` and `shoal-sim`'s summary.json compare field by field.
+//! The JSON form of a play's statistics (`shoal-peer play --json`): the core's
+//! [`PlayStats`](crate::core::PlayStats) counters under the names DESIGN.md fixes, plus the
+//! derived shares, so a real run and `shoal-sim`'s summary.json compare field by field.
 
 use serde::Serialize;
 use shoal_protocol::TrackId;
 
-/// Bytes of one play by where they came from.
+use crate::core::BytesBySource;
+
+/// Bytes by source, as JSON.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct BytesBySource {
+pub struct BytesJson {
     /// The local disk cache.
     pub cache: u64,
     /// Other peers.
@@ -17,16 +20,9 @@ pub struct BytesBySource {
     pub origin: u64,
 }
 
-impl BytesBySource {
-    /// All bytes.
-    pub fn total(&self) -> u64 {
-        self.cache + self.peers + self.superpeers + self.origin
-    }
-}
-
-/// Fractions of [`BytesBySource`] (sum 1 when any byte moved, else all 0).
+/// Fractions of the bytes by source (sum 1 when any byte moved, else all 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct ShareBySource {
+pub struct SharesJson {
     /// Share from the cache.
     pub cache: f64,
     /// Share from peers.
@@ -37,10 +33,10 @@ pub struct ShareBySource {
     pub origin: f64,
 }
 
-/// The JSON object one play prints with `--json`.
+/// The one JSON object printed per play.
 #[derive(Debug, Clone, Serialize)]
-pub struct PlayStats {
-    /// The track.
+pub struct PlayReport {
+    /// The track (hex).
     pub track: TrackId,
     /// Milliseconds from pressing play to the first audio handed to the output.
     pub time_to_first_audio_ms: Option<f64>,
@@ -49,36 +45,45 @@ pub struct PlayStats {
     /// Frames (samples per channel) of audio played.
     pub samples_played: u64,
     /// Bytes by source.
-    pub bytes_by_source: BytesBySource,
+    pub bytes_by_source: BytesJson,
     /// Shares by source.
-    pub share_by_source: ShareBySource,
+    pub share_by_source: SharesJson,
 }
 
-impl PlayStats {
-    /// Empty statistics for `track`.
-    pub fn new(track: TrackId) -> Self {
+impl PlayReport {
+    /// A report for `track` with `bytes` by source.
+    pub fn new(
+        track: TrackId,
+        time_to_first_audio_ms: Option<f64>,
+        stutters: u32,
+        samples_played: u64,
+        bytes: &BytesBySource,
+    ) -> Self {
+        let total = bytes.total();
+        let share = |b: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                b as f64 / total as f64
+            }
+        };
         Self {
             track,
-            time_to_first_audio_ms: None,
-            stutters: 0,
-            samples_played: 0,
-            bytes_by_source: BytesBySource::default(),
-            share_by_source: ShareBySource::default(),
-        }
-    }
-
-    /// Records the byte counts and derives the shares.
-    pub fn set_bytes(&mut self, bytes: BytesBySource) {
-        self.bytes_by_source = bytes;
-        let total = bytes.total();
-        if total > 0 {
-            let t = total as f64;
-            self.share_by_source = ShareBySource {
-                cache: bytes.cache as f64 / t,
-                peers: bytes.peers as f64 / t,
-                superpeers: bytes.superpeers as f64 / t,
-                origin: bytes.origin as f64 / t,
-            };
+            time_to_first_audio_ms,
+            stutters,
+            samples_played,
+            bytes_by_source: BytesJson {
+                cache: bytes.cache,
+                peers: bytes.peers,
+                superpeers: bytes.superpeers,
+                origin: bytes.origin,
+            },
+            share_by_source: SharesJson {
+                cache: share(bytes.cache),
+                peers: share(bytes.peers),
+                superpeers: share(bytes.superpeers),
+                origin: share(bytes.origin),
+            },
         }
     }
 }
@@ -89,16 +94,16 @@ mod tests {
 
     #[test]
     fn shares_sum_to_one_and_names_match_design() {
-        let mut s = PlayStats::new(TrackId::of(b"t"));
-        s.set_bytes(BytesBySource {
+        let bytes = BytesBySource {
             cache: 55,
             peers: 36,
             superpeers: 0,
             origin: 9,
-        });
-        let sh = s.share_by_source;
+        };
+        let r = PlayReport::new(TrackId::of(b"t"), Some(12.5), 0, 48_000, &bytes);
+        let sh = r.share_by_source;
         assert!((sh.cache + sh.peers + sh.superpeers + sh.origin - 1.0).abs() < 1e-12);
-        let json = serde_json::to_value(&s).unwrap();
+        let json = serde_json::to_value(&r).unwrap();
         for key in [
             "time_to_first_audio_ms",
             "stutters",
@@ -108,5 +113,6 @@ mod tests {
             assert!(json.get(key).is_some(), "{key}");
         }
         assert_eq!(json["bytes_by_source"]["origin"], 9);
+        assert_eq!(json["track"], TrackId::of(b"t").to_string());
     }
 }

@@ -151,7 +151,19 @@ pub fn import_file(
     }
     // Sources that return their last samples together with the end.
     if !block.is_empty() {
+        in_frames += (block.len() / channels) as u64;
         resampler.push(&block, &mut resampled)?;
+    }
+    // A container that announced its length (WAV, FLAC, Vorbis, MP3 with a Xing header) and
+    // ended more than 0.1 s short of it was cut off.
+    if let Some(total) = expected
+        && in_frames + u64::from(source.sample_rate() / 10) < total
+    {
+        return Err(ImportError::Truncated(format!(
+            "the file ends after {:.1} s of the {:.1} s its header announces",
+            in_frames as f64 / f64::from(source.sample_rate()),
+            total as f64 / f64::from(source.sample_rate())
+        )));
     }
     resampler.finish(&mut resampled)?;
     encoder.push(&resampled, &mut sink)?;

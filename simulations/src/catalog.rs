@@ -50,6 +50,8 @@ pub struct SynthCatalog {
     tracks: HashMap<u32, Rc<SynthTrack>>,
     by_id: HashMap<TrackId, u32>,
     by_chunk: HashMap<ChunkId, (u32, u32)>,
+    /// Random filler shared by all chunks (64 KiB, from the seed).
+    block: Vec<u8>,
 }
 
 impl SynthCatalog {
@@ -62,19 +64,41 @@ impl SynthCatalog {
             tracks: HashMap::new(),
             by_id: HashMap::new(),
             by_chunk: HashMap::new(),
+            block: {
+                let mut b = vec![0u8; MAX_CHUNK_BYTES];
+                let mut h = blake3::Hasher::new();
+                h.update(b"shoal-sim synthetic audio");
+                h.update(&seed.to_le_bytes());
+                h.finalize_xof().fill(&mut b);
+                b
+            },
         }
     }
 
-    /// Bytes of chunk `index` of track `track` (`len` bytes: version byte + filler from
-    /// BLAKE3's extendable output keyed by seed, track and index).
+    /// Bytes of chunk `index` of track `track` (`len` bytes): the version byte, a 16-byte
+    /// header unique to (track, index), then a slice of a per-run random block. Copying is
+    /// cheap; the header makes every chunk's id distinct.
     pub fn chunk_bytes(&self, track: u32, index: u32, len: u32) -> Vec<u8> {
-        let mut v = vec![0u8; len.max(1) as usize];
-        v[0] = 1;
-        let mut h = blake3::Hasher::new();
-        h.update(&self.seed.to_le_bytes());
-        h.update(&track.to_le_bytes());
-        h.update(&index.to_le_bytes());
-        h.finalize_xof().fill(&mut v[1..]);
+        let len = len.max(1) as usize;
+        let mut v = Vec::with_capacity(len);
+        v.push(1u8);
+        let mut header = [0u8; 16];
+        header[..8].copy_from_slice(&self.seed.to_le_bytes());
+        header[8..12].copy_from_slice(&track.to_le_bytes());
+        header[12..].copy_from_slice(&index.to_le_bytes());
+        v.extend_from_slice(&header[..header.len().min(len - 1)]);
+        let rest = len - v.len();
+        // Rotate the block by the chunk so equal-length chunks differ beyond the header too.
+        let off = (crate::rng::mix64(u64::from(track) << 32 | u64::from(index)) as usize)
+            % self.block.len();
+        let mut need = rest;
+        let mut at = off;
+        while need > 0 {
+            let n = need.min(self.block.len() - at);
+            v.extend_from_slice(&self.block[at..at + n]);
+            need -= n;
+            at = 0;
+        }
         v
     }
 

@@ -69,6 +69,13 @@ pub enum Listen {
 pub enum Feedback<C: Cores + ?Sized> {
     /// Feed this command to the node's core now.
     Command(Cmd<C>),
+    /// Feed this command to the node's core after `after_us` microseconds (disk latency).
+    Later {
+        /// Delay, µs.
+        after_us: u64,
+        /// The command.
+        cmd: Cmd<C>,
+    },
     /// Send this message from the node.
     Send {
         /// The receiver.
@@ -82,6 +89,7 @@ impl<C: Cores + ?Sized> std::fmt::Debug for Feedback<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Feedback::Command(_) => f.write_str("Feedback::Command(..)"),
+            Feedback::Later { after_us, .. } => write!(f, "Feedback::Later({after_us} µs, ..)"),
             Feedback::Send { to, .. } => write!(f, "Feedback::Send {{ to: {to}, .. }}"),
         }
     }

@@ -33,6 +33,13 @@ pub enum Ev {
         /// The lost peer.
         peer: u32,
     },
+    /// A driver-side command (e.g. a disk read's answer) for `node`, stored in slot `slot`.
+    Local {
+        /// The node.
+        node: u32,
+        /// Slot of the command in the world's command slab.
+        slot: u32,
+    },
     /// A scenario event (churn, listening, faults, sampling), interpreted by the world.
     App {
         /// Node concerned (or an index for non-node events).
@@ -52,7 +59,8 @@ impl Ev {
             Ev::Deliver { to, from, slot } => (0u8, to, from, slot),
             Ev::Timer { node, generation } => (1, node, generation, 0),
             Ev::Disconnected { to, peer } => (2, to, peer, 0),
-            Ev::App { node, kind, aux } => (3 + kind, node, aux, 0),
+            Ev::Local { node, slot } => (3, node, slot, 0),
+            Ev::App { node, kind, aux } => (4 + kind, node, aux, 0),
         };
         out.push(tag);
         out.extend_from_slice(&a.to_le_bytes());

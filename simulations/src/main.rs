@@ -1,7 +1,7 @@
 //! `shoal-sim`: run Shoal scenarios on a simulated network (scenario in, metrics and plots
 //! out, deterministic by seed).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -90,7 +90,10 @@ fn main() -> anyhow::Result<()> {
             output::write_run(staging.path(), &r).context("writing results")?;
             let dir = staging.commit()?;
             let sm = &r.summary;
-            println!(
+            let mut stdout = std::io::stdout().lock();
+            // Results are on disk already; a closed stdout (`| head`) is not an error.
+            let _ = writeln!(
+                stdout,
                 "{}: {} peers, {:.0} s simulated, {} events in {:.2} s wall ({:.0} events/s); {} plays; results in {}",
                 sm.scenario,
                 sm.peers,
@@ -102,7 +105,7 @@ fn main() -> anyhow::Result<()> {
                 dir.display()
             );
             for n in &sm.notes {
-                println!("note: {n}");
+                let _ = writeln!(stdout, "note: {n}");
             }
         }
         Cmd::Sweep {

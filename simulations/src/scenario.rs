@@ -540,6 +540,9 @@ pub struct CacheSection {
     pub size_mb: Dist,
     /// Plays of listening history replayed into each cache before the run (warm caches).
     pub history_plays: u32,
+    /// Time to read a chunk from the disk cache, ms (default 2: an SSD plus the file system;
+    /// a 2010 hard disk seeks in ~10).
+    pub read_ms: f64,
 }
 
 impl Default for CacheSection {
@@ -547,6 +550,7 @@ impl Default for CacheSection {
         Self {
             size_mb: Dist::Const(1024.0),
             history_plays: 200,
+            read_ms: 2.0,
         }
     }
 }
@@ -855,6 +859,7 @@ pub fn validate(s: &Scenario) -> Check {
     prob(li.playlist_continuation, "listening.playlist_continuation")?;
     dist(&li.gap_s, "listening.gap_s")?;
     dist(&s.cache.size_mb, "cache.size_mb")?;
+    non_negative(s.cache.read_ms, "cache.read_ms")?;
     for (i, f) in s.faults.iter().enumerate() {
         let k = format!("faults[{i}]");
         need(

@@ -79,6 +79,8 @@ pub struct ShoalCores {
     origin_tracks: Vec<HashSet<TrackId>>,
     /// Holder lookups the peers asked for (unanswered until the tracker core lands).
     need_peers: u64,
+    /// Disk read latency, µs.
+    read_us: u64,
 }
 
 impl ShoalCores {
@@ -90,6 +92,7 @@ impl ShoalCores {
             origins: Vec::new(),
             origin_tracks: Vec::new(),
             need_peers: 0,
+            read_us: (s.cache.read_ms * 1000.0) as u64,
         }
     }
 
@@ -233,7 +236,7 @@ impl Cores for ShoalCores {
     fn observe(
         &mut self,
         _now: Time,
-        _node: u32,
+        node: u32,
         event: PeerEvent,
         stats: &mut PlaybackStats,
         feedback: &mut Vec<Feedback<Self>>,
@@ -241,9 +244,10 @@ impl Cores for ShoalCores {
         match event {
             PeerEvent::Fetch(SchedulerEvent::ReadCache { chunk, .. }) => {
                 let bytes = self.catalog.bytes_of_chunk(&chunk);
-                feedback.push(Feedback::Command(PeerCommand::Fetch(
-                    SchedulerCommand::CacheData { chunk, bytes },
-                )));
+                feedback.push(Feedback::Later {
+                    after_us: self.read_us,
+                    cmd: PeerCommand::Fetch(SchedulerCommand::CacheData { chunk, bytes }),
+                });
             }
             PeerEvent::Fetch(SchedulerEvent::PlayStarted {
                 time_to_first_audio_ms: Some(ms),
@@ -258,9 +262,16 @@ impl Cores for ShoalCores {
                     Item::Chunk(c) => self.catalog.bytes_of_chunk(&c),
                     Item::Manifest(t) => self.catalog.manifest_of(&t),
                 };
-                feedback.push(Feedback::Command(PeerCommand::Serve(
-                    ServerCommand::Loaded { to, request, bytes },
-                )));
+                // An origin is a store behind a CDN; a peer reads its disk.
+                let cmd = PeerCommand::Serve(ServerCommand::Loaded { to, request, bytes });
+                if self.origin_pos(node).is_some() {
+                    feedback.push(Feedback::Command(cmd));
+                } else {
+                    feedback.push(Feedback::Later {
+                        after_us: self.read_us,
+                        cmd,
+                    });
+                }
             }
             PeerEvent::Fetch(SchedulerEvent::NeedPeers(_)) => self.need_peers += 1,
             // Stored chunks and manifests, evictions: the synthetic disk regenerates bytes on

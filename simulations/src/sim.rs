@@ -93,6 +93,8 @@ pub struct World<C: Cores> {
     feedback: Vec<Feedback<C>>,
     /// When building started (wall_s covers setup and run).
     created: Instant,
+    /// Delayed driver commands waiting for their `Ev::Local`.
+    local_cmds: crate::engine::Slab<crate::cores::Cmd<C>>,
 }
 
 impl<C: Cores> std::fmt::Debug for World<C> {
@@ -263,6 +265,7 @@ impl<C: Cores> World<C> {
             pending_feedback: std::collections::VecDeque::new(),
             feedback: Vec::new(),
             created,
+            local_cmds: crate::engine::Slab::default(),
         };
         for i in 0..peers {
             w.attach(i);
@@ -473,6 +476,14 @@ impl<C: Cores> World<C> {
                     self.drain(to);
                 }
             }
+            Ev::Local { node, slot } => {
+                let Some(cmd) = self.local_cmds.take(slot) else {
+                    return;
+                };
+                if self.links[node as usize].up {
+                    self.apply(node, Feedback::Command(cmd));
+                }
+            }
             Ev::App { node, kind, aux } => self.app(now, node, kind, aux),
         }
     }
@@ -504,6 +515,11 @@ impl<C: Cores> World<C> {
                 }
             }
             Feedback::Send { to, msg } => self.send(node, to, msg),
+            Feedback::Later { after_us, cmd } => {
+                let slot = self.local_cmds.insert(cmd);
+                let at = now + std::time::Duration::from_micros(after_us);
+                self.engine.schedule(at, Ev::Local { node, slot });
+            }
         }
     }
 

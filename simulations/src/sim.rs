@@ -357,6 +357,13 @@ impl<C: Cores> World<C> {
                 progress(now.as_micros() as f64 / 1e6, self.engine.dispatched());
             }
         }
+        // The run ends: listeners still online stop, so their plays in progress are reported
+        // (TrackFinished) and counted like any other.
+        for i in 0..self.peers {
+            if self.listeners[i as usize].online {
+                self.command(i, Listen::SessionEnd);
+            }
+        }
         progress(self.s.run.duration_s, self.engine.dispatched());
         let wall_s = self.created.elapsed().as_secs_f64();
         self.finish(wall_s)

@@ -1,0 +1,699 @@
+//! Tests of the peer registry's rules: ranking, exclusion, expiry, announce semantics, caps,
+//! determinism, and a property test against a naive model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shoal_protocol::ids::{NodeId, TrackId};
+use shoal_protocol::sansio::Time;
+use shoal_protocol::wire::{Announce, PeerContact};
+
+use super::*;
+
+fn node(i: u64) -> NodeId {
+    NodeId::from_index(i)
+}
+
+fn track(i: u64) -> TrackId {
+    TrackId::of(&i.to_be_bytes())
+}
+
+fn contact(i: u64) -> PeerContact {
+    PeerContact {
+        peer_id: i.to_be_bytes().to_vec(),
+        addrs: vec![format!("/ip4/10.0.0.1/udp/{i}/quic-v1")],
+    }
+}
+
+/// Super-peer `i`'s contact; peers behind it are in cluster `cluster_of(&superpeer(i))`.
+fn superpeer(i: u64) -> PeerContact {
+    PeerContact {
+        peer_id: format!("super-{i}").into_bytes(),
+        addrs: vec![format!("/ip4/1.1.1.{i}/udp/7701/quic-v1")],
+    }
+}
+
+fn replace(tracks: &[u64]) -> Announce {
+    Announce {
+        replace: true,
+        tracks: tracks.iter().map(|&t| track(t)).collect(),
+        removed: vec![],
+        addrs: vec![],
+        via: None,
+        region: None,
+    }
+}
+
+fn located(tracks: &[u64], via: Option<u64>, region: Option<&str>) -> Announce {
+    Announce {
+        via: via.map(superpeer),
+        region: region.map(str::to_owned),
+        ..replace(tracks)
+    }
+}
+
+fn secs(s: u64) -> Time {
+    Time::from_millis(s * 1000)
+}
+
+/// A config without the rate cap getting in the way of tests about something else.
+fn relaxed() -> RegistryConfig {
+    RegistryConfig {
+        announces_per_minute: 60_000,
+        announce_burst: 1_000,
+        ..RegistryConfig::default()
+    }
+}
+
+fn registry(config: RegistryConfig) -> PeerRegistry {
+    PeerRegistry::new(config).unwrap()
+}
+
+fn ann(r: &mut PeerRegistry, i: u64, msg: &Announce, now: Time) -> Accepted {
+    r.announce(node(i), &contact(i), msg, now).unwrap()
+}
+
+fn nodes(holders: &[HolderRef<'_>]) -> Vec<NodeId> {
+    holders.iter().map(|h| h.node).collect()
+}
+
+#[test]
+fn ranking_is_cluster_then_region_then_rest_and_never_the_asker() {
+    let mut r = registry(relaxed());
+    let t = 7;
+    // Announce order is deliberately not the expected result order.
+    ann(&mut r, 1, &located(&[t], None, Some("US")), secs(1)); // elsewhere
+    ann(&mut r, 2, &located(&[t], Some(9), Some("US")), secs(2)); // same cluster, other region
+    ann(&mut r, 3, &located(&[t], Some(8), Some("SE")), secs(3)); // same region
+    ann(&mut r, 4, &located(&[t], None, Some("SE")), secs(4)); // same region, fresher
+    ann(&mut r, 5, &located(&[t], Some(9), None), secs(5)); // same cluster, fresher
+    ann(&mut r, 6, &located(&[t], None, None), secs(6)); // elsewhere, fresher
+    ann(&mut r, 100, &located(&[t], Some(9), Some("SE")), secs(7)); // the asker holds it too
+
+    let got = r.holders(node(100), &track(t), 10, secs(8));
+    assert_eq!(
+        got.iter().map(|h| h.node).collect::<Vec<_>>(),
+        [5, 2, 4, 3, 6, 1].map(node)
+    );
+    assert_eq!(
+        got.iter().map(|h| h.proximity).collect::<Vec<_>>(),
+        [
+            Proximity::SameCluster,
+            Proximity::SameCluster,
+            Proximity::SameRegion,
+            Proximity::SameRegion,
+            Proximity::Elsewhere,
+            Proximity::Elsewhere
+        ]
+    );
+    // The wire form carries how to reach each holder.
+    let h = got[0].to_holder();
+    assert_eq!(h.peer, contact(5));
+    assert_eq!(h.via, Some(superpeer(9)));
+    assert_eq!(got[2].to_holder().region.as_deref(), Some("SE"));
+
+    // The limit keeps the nearest.
+    assert_eq!(
+        nodes(&r.holders(node(100), &track(t), 3, secs(8))),
+        [5, 2, 4].map(node)
+    );
+    // An unknown asker sees everyone as elsewhere, freshest first (the asker's entry included,
+    // since it is someone else asking).
+    assert_eq!(
+        nodes(&r.holders(node(999), &track(t), 3, secs(8))),
+        [100, 6, 5].map(node)
+    );
+    // A driver-supplied position works the same as an announced one.
+    let asker = Asker {
+        node: node(100),
+        cluster: Some(cluster_of(&superpeer(9))),
+        region: Some("SE".into()),
+    };
+    assert_eq!(
+        nodes(&r.holders_near(&asker, &track(t), 10, secs(8))),
+        [5, 2, 4, 3, 6, 1].map(node)
+    );
+}
+
+#[test]
+fn super_peer_and_its_leaves_rank_as_one_cluster() {
+    let mut r = registry(relaxed());
+    // Super-peer 9 announces its cache under the node id its leaves name as their cluster.
+    let sp = cluster_of(&superpeer(9));
+    r.announce(sp, &superpeer(9), &replace(&[1]), secs(1))
+        .unwrap();
+    ann(&mut r, 2, &located(&[1], None, None), secs(5)); // fresher, but elsewhere
+    ann(&mut r, 3, &located(&[1], Some(9), None), secs(2)); // leaf of 9
+    // A leaf of 9 asking: its super-peer is in its cluster.
+    ann(&mut r, 4, &located(&[], Some(9), None), secs(3));
+    assert_eq!(
+        nodes(&r.holders(node(4), &track(1), 10, secs(6))),
+        [node(3), sp, node(2)]
+    );
+    // The super-peer asking: its leaves are its cluster.
+    let got = r.holders(sp, &track(1), 10, secs(6));
+    assert_eq!(nodes(&got), [node(3), node(2)]);
+    assert_eq!(got[0].proximity, Proximity::SameCluster);
+}
+
+#[test]
+fn ties_in_announce_time_break_by_node_id() {
+    let mut r = registry(relaxed());
+    for i in [5, 3, 9, 1] {
+        ann(&mut r, i, &replace(&[1]), secs(1));
+    }
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(2))),
+        [1, 3, 5, 9].map(node)
+    );
+}
+
+#[test]
+fn entries_expire_after_the_ttl_and_announces_renew_them() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(100),
+        purge_per_announce: 0, // purging is checked explicitly below
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    ann(&mut r, 1, &replace(&[1]), secs(0));
+    ann(&mut r, 2, &replace(&[1]), secs(50));
+    assert_eq!(r.expires_at(&node(1)), Some(secs(100)));
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(99))),
+        [2, 1].map(node)
+    );
+    // At exactly announce + TTL the entry is gone, purged or not.
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(100))),
+        [node(2)]
+    );
+    assert!(!r.is_registered(&node(1), secs(100)));
+    assert!(r.tracks_of(&node(1), secs(100)).is_empty());
+    assert_eq!(r.stats().peers, 2, "not purged yet");
+
+    // Peer 2 renews with an add-only announce of nothing: same tracks, new TTL.
+    let renew = Announce {
+        replace: false,
+        ..replace(&[])
+    };
+    ann(&mut r, 2, &renew, secs(140));
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(200))),
+        [node(2)]
+    );
+    // Purging removes exactly the expired peer; the renewed one is rescheduled.
+    assert_eq!(r.next_deadline(), secs(100));
+    assert_eq!(r.purge_expired(secs(200), 100), 1);
+    assert_eq!(r.stats().peers, 1);
+    assert_eq!(r.stats().expired, 1);
+    assert_eq!(r.next_deadline(), secs(240));
+    assert_eq!(r.purge_expired(secs(239), 100), 0);
+    assert_eq!(r.purge_expired(secs(240), 100), 1);
+    assert_eq!(
+        r.stats(),
+        RegistryStats {
+            accepted: 3,
+            expired: 2,
+            ..RegistryStats::default()
+        }
+    );
+    assert_eq!(r.next_deadline(), Time::NEVER);
+}
+
+#[test]
+fn an_expired_peer_does_not_get_its_old_holdings_back() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(10),
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    ann(&mut r, 1, &replace(&[1, 2]), secs(0));
+    let add3 = Announce {
+        replace: false,
+        ..replace(&[3])
+    };
+    let a = ann(&mut r, 1, &add3, secs(20)); // expired, not purged (purge_per_announce aside)
+    assert_eq!(a.listed, 1);
+    assert_eq!(r.tracks_of(&node(1), secs(20)), vec![track(3)]);
+    assert!(r.holders(node(0), &track(1), 10, secs(20)).is_empty());
+    assert_eq!(r.stats().holdings, 1);
+    assert_eq!(r.stats().tracks, 1);
+}
+
+#[test]
+fn purging_is_bounded_per_call() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(10),
+        purge_per_announce: 0,
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    for i in 0..10 {
+        ann(&mut r, i, &replace(&[i % 3]), secs(0));
+    }
+    assert_eq!(r.purge_expired(secs(10), 4), 4);
+    assert_eq!(r.stats().peers, 6);
+    assert!(r.next_deadline() <= secs(10), "more is due");
+    assert_eq!(r.purge_expired(secs(10), 100), 6);
+    assert_eq!(
+        r.stats(),
+        RegistryStats {
+            accepted: 10,
+            expired: 10,
+            ..RegistryStats::default()
+        }
+    );
+}
+
+#[test]
+fn replace_add_and_removed_semantics() {
+    let mut r = registry(relaxed());
+    let now = secs(1);
+    let a = ann(&mut r, 1, &replace(&[1, 2, 3, 3]), now);
+    assert_eq!((a.listed, a.added, a.removed), (3, 3, 0));
+    // Add: keeps what was there.
+    let add = Announce {
+        replace: false,
+        removed: vec![track(1), track(99)], // removing something not held is harmless
+        ..replace(&[4, 2])
+    };
+    let a = ann(&mut r, 1, &add, now);
+    assert_eq!((a.listed, a.added, a.removed), (3, 1, 1));
+    assert_eq!(r.tracks_of(&node(1), now), sorted(&[2, 3, 4]));
+    // Replace: exactly the new set, minus `removed` (which wins over `tracks`).
+    let rep = Announce {
+        removed: vec![track(6)],
+        ..replace(&[4, 5, 6])
+    };
+    let a = ann(&mut r, 1, &rep, now);
+    assert_eq!((a.listed, a.added, a.removed), (2, 1, 2));
+    assert_eq!(r.tracks_of(&node(1), now), sorted(&[4, 5]));
+    assert!(r.holders(node(0), &track(2), 10, now).is_empty());
+    assert!(r.holders(node(0), &track(6), 10, now).is_empty());
+    assert_eq!(nodes(&r.holders(node(0), &track(5), 10, now)), [node(1)]);
+    // Tracks nobody holds any more are dropped from the index.
+    assert_eq!(r.stats().tracks, 2);
+    assert_eq!(r.stats().holdings, 2);
+    // An empty replace keeps the peer registered, holding nothing.
+    ann(&mut r, 1, &replace(&[]), now);
+    assert!(r.is_registered(&node(1), now));
+    assert_eq!(r.stats().tracks, 0);
+}
+
+fn sorted(ids: &[u64]) -> Vec<TrackId> {
+    let mut v: Vec<TrackId> = ids.iter().map(|&i| track(i)).collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn addresses_come_from_the_announce_else_from_the_driver_and_identity_from_the_driver() {
+    let mut r = registry(relaxed());
+    let with_addrs = Announce {
+        addrs: vec!["/ip4/5.5.5.5/udp/1/quic-v1".into()],
+        ..replace(&[1])
+    };
+    ann(&mut r, 1, &with_addrs, secs(1));
+    let h = r.holders(node(0), &track(1), 1, secs(1))[0].to_holder();
+    assert_eq!(h.peer.peer_id, contact(1).peer_id);
+    assert_eq!(h.peer.addrs, with_addrs.addrs);
+    ann(&mut r, 1, &replace(&[1]), secs(2));
+    let h = r.holders(node(0), &track(1), 1, secs(2))[0].to_holder();
+    assert_eq!(h.peer, contact(1));
+}
+
+#[test]
+fn flood_is_rejected_and_recovers_as_the_bucket_refills() {
+    let config = RegistryConfig {
+        announces_per_minute: 6, // one per 10 s
+        announce_burst: 3,
+        ..RegistryConfig::default()
+    };
+    let mut r = registry(config);
+    let msg = replace(&[1]);
+    for _ in 0..3 {
+        assert!(r.announce(node(1), &contact(1), &msg, secs(0)).is_ok());
+    }
+    let err = r.announce(node(1), &contact(1), &msg, secs(0)).unwrap_err();
+    assert_eq!(
+        err,
+        AnnounceError::RateLimited {
+            retry_after: Duration::from_secs(10)
+        }
+    );
+    assert!(matches!(
+        err.to_response(),
+        shoal_protocol::wire::AnnounceResponse::Rejected { reason } if reason.contains("too often")
+    ));
+    // Another peer is not affected.
+    assert!(r.announce(node(2), &contact(2), &msg, secs(0)).is_ok());
+    // Rejected attempts do not push the limit further out.
+    assert!(r.announce(node(1), &contact(1), &msg, secs(5)).is_err());
+    assert!(r.announce(node(1), &contact(1), &msg, secs(10)).is_ok());
+    assert!(r.announce(node(1), &contact(1), &msg, secs(10)).is_err());
+    // After a long pause the whole burst is back, no more.
+    for _ in 0..3 {
+        assert!(r.announce(node(1), &contact(1), &msg, secs(100)).is_ok());
+    }
+    assert!(r.announce(node(1), &contact(1), &msg, secs(100)).is_err());
+    let s = r.stats();
+    assert_eq!((s.accepted, s.rejected, s.rate_limited), (8, 4, 4));
+}
+
+#[test]
+fn per_peer_track_cap_rejects_the_whole_announce() {
+    let config = RegistryConfig {
+        max_tracks_per_peer: 3,
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    ann(&mut r, 1, &replace(&[1, 2]), secs(0));
+    let add = Announce {
+        replace: false,
+        ..replace(&[3, 4])
+    };
+    assert_eq!(
+        r.announce(node(1), &contact(1), &add, secs(0)),
+        Err(AnnounceError::TooManyTracks { count: 4, max: 3 })
+    );
+    assert_eq!(
+        r.tracks_of(&node(1), secs(0)),
+        sorted(&[1, 2]),
+        "nothing recorded"
+    );
+    // Removing in the same message makes room.
+    let swap = Announce {
+        removed: vec![track(1)],
+        ..add
+    };
+    assert!(r.announce(node(1), &contact(1), &swap, secs(0)).is_ok());
+    assert_eq!(r.tracks_of(&node(1), secs(0)), sorted(&[2, 3, 4]));
+}
+
+#[test]
+fn per_track_cap_keeps_the_freshest_holders() {
+    let config = RegistryConfig {
+        max_holders_per_track: 4,
+        eviction_window: 4,
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    for i in 1..=4 {
+        ann(&mut r, i, &replace(&[1, 2]), secs(i));
+    }
+    // A fifth holder replaces the stalest (peer 1) on track 1 only.
+    let a = ann(&mut r, 5, &replace(&[1]), secs(10));
+    assert_eq!(a.evicted, 1);
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(10))),
+        [5, 4, 3, 2].map(node)
+    );
+    assert_eq!(r.tracks_of(&node(1), secs(10)), sorted(&[2]));
+    assert_eq!(r.stats().holdings, 8);
+    assert_eq!(r.stats().evicted, 1);
+    // The evicted peer is still listed elsewhere and can come back in by re-announcing.
+    assert_eq!(r.holders(node(0), &track(2), 10, secs(10)).len(), 4);
+    ann(&mut r, 1, &replace(&[1, 2]), secs(11));
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(11)))[0],
+        node(1)
+    );
+    assert_eq!(r.holders(node(0), &track(1), 10, secs(11)).len(), 4);
+}
+
+#[test]
+fn total_peer_and_holding_caps_reject_newcomers_until_room_frees() {
+    let config = RegistryConfig {
+        max_peers: 2,
+        max_holdings: 3,
+        ttl: Duration::from_secs(10),
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    ann(&mut r, 1, &replace(&[1, 2]), secs(0));
+    assert_eq!(
+        r.announce(node(2), &contact(2), &replace(&[3, 4]), secs(1)),
+        Err(AnnounceError::HoldingsFull { max: 3 })
+    );
+    ann(&mut r, 2, &replace(&[3]), secs(1));
+    assert_eq!(
+        r.announce(node(3), &contact(3), &replace(&[]), secs(2)),
+        Err(AnnounceError::RegistryFull { max: 2 })
+    );
+    // Shrinking is always allowed, even when full.
+    ann(&mut r, 1, &replace(&[1]), secs(2));
+    ann(&mut r, 2, &replace(&[3]), secs(5));
+    assert_eq!(
+        r.announce(node(3), &contact(3), &replace(&[5, 6]), secs(11)),
+        Err(AnnounceError::RegistryFull { max: 2 })
+    );
+    // Once peer 1 expires (purged by the announce itself), the newcomer fits.
+    assert!(
+        r.announce(node(3), &contact(3), &replace(&[5, 6]), secs(12))
+            .is_ok()
+    );
+    assert_eq!(r.stats().peers, 2);
+    assert_eq!(r.stats().holdings, 3);
+}
+
+#[test]
+fn oversized_fields_are_rejected() {
+    let mut r = registry(relaxed());
+    let long = Announce {
+        region: Some("x".repeat(65)),
+        ..replace(&[1])
+    };
+    assert!(matches!(
+        r.announce(node(1), &contact(1), &long, secs(0)),
+        Err(AnnounceError::FieldTooLong {
+            what: "region",
+            len: 65,
+            max: 64
+        })
+    ));
+    let many = Announce {
+        addrs: vec!["a".into(); 17],
+        ..replace(&[1])
+    };
+    assert!(matches!(
+        r.announce(node(1), &contact(1), &many, secs(0)),
+        Err(AnnounceError::FieldTooLong { max: 16, .. })
+    ));
+    let bad_via = Announce {
+        via: Some(PeerContact {
+            peer_id: vec![0; 129],
+            addrs: vec![],
+        }),
+        ..replace(&[1])
+    };
+    assert!(matches!(
+        r.announce(node(1), &contact(1), &bad_via, secs(0)),
+        Err(AnnounceError::FieldTooLong {
+            what: "super-peer id",
+            ..
+        })
+    ));
+    assert_eq!(r.stats().peers, 0);
+}
+
+#[test]
+fn forget_drops_a_peer_and_its_stale_timer_is_harmless() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(10),
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    ann(&mut r, 1, &replace(&[1]), secs(0));
+    assert!(r.forget(&node(1)));
+    assert!(!r.forget(&node(1)));
+    // Slot reused by a newcomer with a later expiry: the old heap entry must not remove it.
+    ann(&mut r, 2, &replace(&[1]), secs(5));
+    assert_eq!(r.purge_expired(secs(12), 10), 0);
+    assert_eq!(
+        nodes(&r.holders(node(0), &track(1), 10, secs(12))),
+        [node(2)]
+    );
+    assert_eq!(r.purge_expired(secs(15), 10), 1);
+}
+
+/// Runs a fixed script of announces and lookups and returns everything observable.
+fn script_trace(config: RegistryConfig) -> Vec<String> {
+    let mut r = registry(config);
+    let mut trace = Vec::new();
+    for step in 0..400u64 {
+        let now = Time::from_millis(step * 250);
+        let peer = (step * 7919) % 7;
+        let tracks: Vec<u64> = (0..(step % 5)).map(|k| (step + k * 13) % 11).collect();
+        let msg = Announce {
+            replace: step % 3 == 0,
+            removed: vec![track(step % 11)],
+            ..located(
+                &tracks,
+                (step % 4 != 0).then_some(step % 3),
+                Some(["SE", "US"][(step % 2) as usize]),
+            )
+        };
+        trace.push(format!(
+            "{:?}",
+            r.announce(node(peer), &contact(peer), &msg, now)
+        ));
+        let asker = (step * 31) % 9;
+        let got = r.holders(node(asker), &track(step % 11), 5, now);
+        trace.push(format!("{:?}", nodes(&got)));
+        r.purge_expired(now, 3);
+    }
+    trace.push(format!("{:?}", r.stats()));
+    trace
+}
+
+#[test]
+fn same_inputs_give_the_same_outputs() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(20),
+        announces_per_minute: 30,
+        announce_burst: 2,
+        max_holders_per_track: 3,
+        ..RegistryConfig::default()
+    };
+    // Two registries have differently keyed hash maps; nothing observable may differ.
+    let a = script_trace(config.clone());
+    let b = script_trace(config);
+    assert_eq!(a, b);
+    assert!(
+        a.iter().any(|l| l.contains("RateLimited")),
+        "the script exercises the cap"
+    );
+    assert!(a.iter().any(|l| l.contains("Ok(")));
+    assert!(
+        a.iter().any(|l| l.contains("evicted: 1,")),
+        "the script exercises eviction"
+    );
+}
+
+/// The model of one peer: its holdings, last announce, super-peer and region.
+type ModelPeer = (BTreeSet<u64>, Time, Option<u64>, Option<String>);
+
+/// The model: a plain map of peers, scanned in full for every lookup.
+#[derive(Debug, Default)]
+struct Model {
+    peers: BTreeMap<u64, ModelPeer>,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Announce {
+        peer: u64,
+        replace: bool,
+        tracks: Vec<u64>,
+        removed: Vec<u64>,
+        via: Option<u64>,
+        region: Option<u8>,
+    },
+    Lookup {
+        asker: u64,
+        track: u64,
+        limit: usize,
+    },
+    Purge,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0..12u64, any::<bool>(), prop::collection::vec(0..8u64, 0..6),
+              prop::collection::vec(0..8u64, 0..3), prop::option::of(0..3u64),
+              prop::option::of(0..3u8))
+            .prop_map(|(peer, replace, tracks, removed, via, region)| Op::Announce {
+                peer, replace, tracks, removed, via, region
+            }),
+        3 => (0..14u64, 0..8u64, 0..10usize)
+            .prop_map(|(asker, track, limit)| Op::Lookup { asker, track, limit }),
+        1 => Just(Op::Purge),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Lookups match a naive model (so never an expired entry, never the asker, never more than
+    /// the limit, nearest classes first) through arbitrary announces, time steps and purges.
+    #[test]
+    fn lookups_match_a_naive_model(
+        ops in prop::collection::vec((op(), 0..4_000u64), 1..80)
+    ) {
+        let ttl = Duration::from_secs(10);
+        let mut r = registry(RegistryConfig { ttl, ..relaxed() });
+        let mut model = Model::default();
+        let mut now = Time::ZERO;
+        for (op, step_ms) in ops {
+            now = now + Duration::from_millis(step_ms);
+            let live = |t: Time| t + ttl > now;
+            match op {
+                Op::Announce { peer, replace, tracks, removed, via, region } => {
+                    let region = region.map(|g| format!("R{g}"));
+                    let msg = Announce {
+                        replace,
+                        tracks: tracks.iter().map(|&t| track(t)).collect(),
+                        removed: removed.iter().map(|&t| track(t)).collect(),
+                        addrs: vec![],
+                        via: via.map(superpeer),
+                        region: region.clone(),
+                    };
+                    prop_assert!(r.announce(node(peer), &contact(peer), &msg, now).is_ok());
+                    let e = model.peers.entry(peer).or_default();
+                    if replace || !live(e.1) {
+                        e.0.clear();
+                    }
+                    e.0.extend(tracks.iter().copied());
+                    for t in &removed {
+                        e.0.remove(t);
+                    }
+                    e.1 = now;
+                    e.2 = via;
+                    e.3 = region;
+                }
+                Op::Lookup { asker, track: t, limit } => {
+                    let got = r.holders(node(asker), &track(t), limit, now);
+                    prop_assert!(got.len() <= limit);
+                    let me = model.peers.get(&asker).filter(|e| live(e.1));
+                    let my_cluster = me.and_then(|e| e.2);
+                    let my_region = me.and_then(|e| e.3.clone());
+                    let mut want: Vec<(Proximity, std::cmp::Reverse<Time>, NodeId)> = model
+                        .peers
+                        .iter()
+                        .filter(|(p, e)| **p != asker && live(e.1) && e.0.contains(&t))
+                        .map(|(p, e)| {
+                            let class = if e.2.is_some() && e.2 == my_cluster {
+                                Proximity::SameCluster
+                            } else if e.3.is_some() && e.3 == my_region {
+                                Proximity::SameRegion
+                            } else {
+                                Proximity::Elsewhere
+                            };
+                            (class, std::cmp::Reverse(e.1), node(*p))
+                        })
+                        .collect();
+                    want.sort();
+                    want.truncate(limit);
+                    let got: Vec<_> = got
+                        .iter()
+                        .map(|h| (h.proximity, std::cmp::Reverse(h.announced), h.node))
+                        .collect();
+                    prop_assert_eq!(got, want);
+                }
+                Op::Purge => {
+                    r.purge_expired(now, 5);
+                }
+            }
+            // Internal accounting stays consistent with the model's live listings.
+            let live_holdings: usize = model
+                .peers
+                .values()
+                .filter(|e| live(e.1))
+                .map(|e| e.0.len())
+                .sum();
+            prop_assert!(r.stats().holdings >= live_holdings);
+        }
+    }
+}

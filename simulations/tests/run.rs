@@ -274,3 +274,49 @@ fn real_peer_core_run_is_deterministic_and_sane() {
             .any(|n| n.contains("tracker core not integrated"))
     );
 }
+
+#[test]
+fn sweep_runs_match_single_runs_with_real_cores() {
+    let base = std::env::temp_dir().join(format!("shoal-sim-sweep-real-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let sets = vec![
+        "run.duration_s=300".to_string(),
+        "population.peers=80".to_string(),
+        "cache.history_plays=5".to_string(),
+        "faults=[]".to_string(),
+    ];
+    let axes = vec![shoal_sim::sweep::parse_vary("latency.rtt_scale=1,3").expect("vary")];
+    let dir = shoal_sim::sweep::sweep(
+        &scenario_path("small"),
+        &sets,
+        &axes,
+        Some(4),
+        &base,
+        ShoalCores::new,
+        |_, _| {},
+    )
+    .expect("sweep");
+    for (i, v) in ["1", "3"].iter().enumerate() {
+        let mut all = sets.clone();
+        all.push(format!("latency.rtt_scale={v}"));
+        let s = scenario::load(&scenario_path("small"), &all)
+            .expect("loads")
+            .scenario;
+        let single = World::new(&s, 4, ShoalCores::new(&s, 4)).run(&mut |_, _| {});
+        let run_dir = std::fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .find(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("run-{i:03}"))
+            })
+            .expect("run dir");
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir.path().join("summary.json")).expect("read"),
+        )
+        .expect("json");
+        assert_eq!(json["trace_hash"], single.summary.trace_hash.as_str());
+    }
+    std::fs::remove_dir_all(&base).expect("cleanup");
+}

@@ -948,6 +948,84 @@ impl PeerRegistry {
             .collect()
     }
 
+    /// Panics unless every index agrees with every other (tests only).
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        use std::collections::HashMap as Map;
+        let mut listed = 0;
+        let mut cluster_refs: Map<u32, u32> = Map::new();
+        let mut region_refs: Map<u32, u32> = Map::new();
+        let in_heap: std::collections::HashSet<(u32, u32)> = self
+            .expiry
+            .iter()
+            .map(|Reverse((_, s, g))| (*s, *g))
+            .collect();
+        for (s, p) in self.peers.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let s = u32::try_from(s).unwrap_or(u32::MAX);
+            assert_eq!(self.peer_index.get(&p.node), Some(&s), "peer index");
+            assert!(
+                in_heap.contains(&(s, p.generation)),
+                "expiry entry for {}",
+                p.node
+            );
+            assert!(
+                p.tracks.windows(2).all(|w| w[0] < w[1]),
+                "tracks sorted, unique"
+            );
+            assert!(p.tracks.len() <= self.config.max_tracks_per_peer);
+            for &ts in &p.tracks {
+                let t = self.tracks[ts as usize]
+                    .as_ref()
+                    .expect("listed track exists");
+                assert_eq!(
+                    t.holders.iter().filter(|&&h| h == s).count(),
+                    1,
+                    "listed once"
+                );
+            }
+            listed += p.tracks.len();
+            let h = self.hot[s as usize];
+            *cluster_refs.entry(h.cluster).or_default() += 1;
+            *region_refs.entry(h.region).or_default() += 1;
+        }
+        assert_eq!(self.peer_index.len(), self.peers.iter().flatten().count());
+        assert!(self.peer_index.len() <= self.config.max_peers);
+        let mut held = 0;
+        for (ts, t) in self.tracks.iter().enumerate() {
+            let Some(t) = t else { continue };
+            let ts = u32::try_from(ts).unwrap_or(u32::MAX);
+            assert_eq!(self.track_index.get(&t.id), Some(&ts), "track index");
+            assert!(!t.holders.is_empty(), "empty tracks are freed");
+            assert!(t.holders.len() <= self.config.max_holders_per_track);
+            for &h in &t.holders {
+                let p = self.peers[h as usize].as_ref().expect("holder exists");
+                assert!(
+                    p.tracks.binary_search(&ts).is_ok(),
+                    "holder lists the track"
+                );
+            }
+            held += t.holders.len();
+        }
+        assert_eq!(self.track_index.len(), self.tracks.iter().flatten().count());
+        assert_eq!(listed, self.holdings);
+        assert_eq!(held, self.holdings);
+        assert!(self.holdings <= self.config.max_holdings);
+        for (interner, refs) in [(&self.clusters.slots, &cluster_refs)] {
+            for (i, slot) in interner.iter().enumerate() {
+                let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                assert_eq!(slot.as_ref().map(|(_, r)| *r), refs.get(&id).copied());
+            }
+        }
+        for (i, slot) in self.regions.slots.iter().enumerate() {
+            let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            assert_eq!(
+                slot.as_ref().map(|(_, r)| *r),
+                region_refs.get(&id).copied()
+            );
+        }
+    }
+
     /// An estimate of the heap memory the registry holds (capacities times element sizes,
     /// plus per-peer contacts), for status pages and benchmarks.
     pub fn heap_bytes(&self) -> usize {

@@ -697,3 +697,113 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum TightOp {
+    Announce {
+        peer: u64,
+        replace: bool,
+        tracks: Vec<u64>,
+        removed: Vec<u64>,
+        via: Option<u64>,
+        region: Option<u8>,
+    },
+    Lookup {
+        asker: u64,
+        track: u64,
+        limit: usize,
+    },
+    Purge(usize),
+    Forget(u64),
+}
+
+fn tight_op() -> impl Strategy<Value = TightOp> {
+    prop_oneof![
+        4 => (0..10u64, any::<bool>(), prop::collection::vec(0..10u64, 0..7),
+              prop::collection::vec(0..10u64, 0..3), prop::option::of(0..3u64),
+              prop::option::of(0..3u8))
+            .prop_map(|(peer, replace, tracks, removed, via, region)| TightOp::Announce {
+                peer, replace, tracks, removed, via, region
+            }),
+        3 => (0..12u64, 0..10u64, 0..8usize)
+            .prop_map(|(asker, track, limit)| TightOp::Lookup { asker, track, limit }),
+        1 => (0..4usize).prop_map(TightOp::Purge),
+        1 => (0..10u64).prop_map(TightOp::Forget),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// With every cap tight (rate, tracks per peer, holders per track, peers, listings), the
+    /// indexes stay consistent and lookups still never return the asker, an expired entry, a
+    /// duplicate, a peer not listed for the track, or more than asked.
+    #[test]
+    fn caps_keep_the_indexes_consistent(
+        ops in prop::collection::vec((tight_op(), 0..3_000u64), 1..120)
+    ) {
+        let config = RegistryConfig {
+            ttl: Duration::from_secs(8),
+            announces_per_minute: 20,
+            announce_burst: 2,
+            max_tracks_per_peer: 4,
+            max_holders_per_track: 3,
+            max_peers: 6,
+            max_holdings: 14,
+            max_lookup_limit: 5,
+            purge_per_announce: 1,
+            eviction_window: 2,
+            ..RegistryConfig::default()
+        };
+        let mut r = registry(config);
+        let mut now = Time::ZERO;
+        for (op, step_ms) in ops {
+            now = now + Duration::from_millis(step_ms);
+            match op {
+                TightOp::Announce { peer, replace, tracks, removed, via, region } => {
+                    let msg = Announce {
+                        replace,
+                        tracks: tracks.iter().map(|&t| track(t)).collect(),
+                        removed: removed.iter().map(|&t| track(t)).collect(),
+                        addrs: vec![],
+                        via: via.map(superpeer),
+                        region: region.map(|g| format!("R{g}")),
+                    };
+                    let before = r.tracks_of(&node(peer), now);
+                    match r.announce(node(peer), &contact(peer), &msg, now) {
+                        Ok(a) => {
+                            prop_assert_eq!(a.listed, r.tracks_of(&node(peer), now).len());
+                            for t in &removed {
+                                prop_assert!(!r.tracks_of(&node(peer), now).contains(&track(*t)));
+                            }
+                        }
+                        // A rejected announce changes nothing the peer is listed for.
+                        Err(_) => prop_assert_eq!(before, r.tracks_of(&node(peer), now)),
+                    }
+                }
+                TightOp::Lookup { asker, track: t, limit } => {
+                    let got = r.holders(node(asker), &track(t), limit, now);
+                    prop_assert!(got.len() <= limit.min(5));
+                    let mut seen = BTreeSet::new();
+                    for h in &got {
+                        prop_assert!(h.node != node(asker));
+                        prop_assert!(h.announced + Duration::from_secs(8) > now);
+                        prop_assert!(r.is_registered(&h.node, now));
+                        prop_assert!(r.tracks_of(&h.node, now).contains(&track(t)));
+                        prop_assert!(seen.insert(h.node));
+                    }
+                    let key = |h: &HolderRef<'_>| (h.proximity, std::cmp::Reverse(h.announced), h.node);
+                    let ordered = got.windows(2).all(|w| key(&w[0]) < key(&w[1]));
+                    prop_assert!(ordered, "nearest first, strictly ordered");
+                }
+                TightOp::Purge(n) => {
+                    r.purge_expired(now, n);
+                }
+                TightOp::Forget(p) => {
+                    r.forget(&node(p));
+                }
+            }
+            r.check_invariants();
+        }
+    }
+}

@@ -518,6 +518,10 @@ pub struct ListeningSection {
     pub playlist_continuation: f64,
     /// Pause between two plays in a session, seconds.
     pub gap_s: Dist,
+    /// Share of track choices that replay one of the listener's own last 16 tracks instead of
+    /// drawing from global popularity (default 0: no published figure found yet; it is what
+    /// makes local caches pay off, cf. Kreitz & Niemelä's 55% of bytes from the cache).
+    pub replay_share: f64,
 }
 
 impl Default for ListeningSection {
@@ -528,6 +532,7 @@ impl Default for ListeningSection {
             skip_before_end: 0.486,
             playlist_continuation: 0.61,
             gap_s: Dist::Const(0.0),
+            replay_share: 0.0,
         }
     }
 }
@@ -858,6 +863,7 @@ pub fn validate(s: &Scenario) -> Check {
     )?;
     prob(li.playlist_continuation, "listening.playlist_continuation")?;
     dist(&li.gap_s, "listening.gap_s")?;
+    prob(li.replay_share, "listening.replay_share")?;
     dist(&s.cache.size_mb, "cache.size_mb")?;
     non_negative(s.cache.read_ms, "cache.read_ms")?;
     for (i, f) in s.faults.iter().enumerate() {

@@ -36,6 +36,25 @@ struct Listener {
     online: bool,
     generation: u32,
     next: Option<u32>,
+    /// The last [`RECENT`] tracks played (ring), for `listening.replay_share`.
+    recent: [u32; RECENT],
+    recent_len: u8,
+    recent_pos: u8,
+}
+
+/// Tracks a listener remembers for replays.
+const RECENT: usize = 16;
+
+impl Listener {
+    fn remember(&mut self, track: u32) {
+        self.recent[self.recent_pos as usize] = track;
+        self.recent_pos = ((self.recent_pos as usize + 1) % RECENT) as u8;
+        self.recent_len = (self.recent_len as usize + 1).min(RECENT) as u8;
+    }
+
+    fn replay(&self, rng: &mut Rng) -> Option<u32> {
+        (self.recent_len > 0).then(|| self.recent[rng.below(u64::from(self.recent_len)) as usize])
+    }
 }
 
 /// Outcome of a run: the summary plus the series and samples for plots.
@@ -287,9 +306,22 @@ impl<C: Cores> World<C> {
             if link.role == Role::Peer {
                 cache_bytes = (w.s.cache.size_mb.sample(&mut w.rng) * 1e6) as u64;
                 if w.cores.wants_history() {
+                    // Past listening follows the same model: Zipf, or a replay of one's own.
+                    let mut past = Listener::default();
                     for _ in 0..w.s.cache.history_plays {
-                        history.push(w.zipf.sample(&mut w.rng) as u32 - 1);
+                        let share = w.s.listening.replay_share;
+                        let mut t = None;
+                        if share > 0.0 && w.rng.chance(share) {
+                            t = past.replay(&mut w.rng);
+                        }
+                        let t = t.unwrap_or_else(|| w.zipf.sample(&mut w.rng) as u32 - 1);
+                        past.remember(t);
+                        history.push(t);
                     }
+                    let l = &mut w.listeners[i as usize];
+                    l.recent = past.recent;
+                    l.recent_len = past.recent_len;
+                    l.recent_pos = past.recent_pos;
                 }
             }
             let upload_cap_bps = f64::from(link.up_bps)
@@ -672,11 +704,12 @@ impl<C: Cores> World<C> {
                 if !l.online || l.generation != aux {
                     return;
                 }
-                let track = l.next.unwrap_or_else(|| self.draw_track(now));
+                let track = l.next.unwrap_or_else(|| self.draw_track(now, node));
+                self.listeners[node as usize].remember(track);
                 let next = self
                     .listen_rng
                     .chance(self.s.listening.playlist_continuation)
-                    .then(|| self.draw_track(now));
+                    .then(|| self.draw_track(now, node));
                 self.listeners[node as usize].next = next;
                 self.work.plays += 1;
                 self.interval_plays += 1;
@@ -800,11 +833,17 @@ impl<C: Cores> World<C> {
         self.drain(node);
     }
 
-    fn draw_track(&mut self, now: Time) -> u32 {
+    fn draw_track(&mut self, now: Time, node: u32) -> u32 {
         let t = now.as_micros() as f64 / 1e6;
         for (i, r) in self.s.catalog.releases.iter().enumerate() {
             if t >= r.at_s && t < r.at_s + r.window_s && self.listen_rng.chance(r.play_share) {
                 return self.s.catalog.tracks + i as u32;
+            }
+        }
+        let share = self.s.listening.replay_share;
+        if share > 0.0 && self.listen_rng.chance(share) {
+            if let Some(t) = self.listeners[node as usize].replay(&mut self.listen_rng) {
+                return t;
             }
         }
         self.zipf.sample(&mut self.listen_rng) as u32 - 1
@@ -965,6 +1004,26 @@ impl<C: Cores> World<C> {
                 Vec::new()
             },
             rank_plays,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_ring_keeps_the_last_tracks() {
+        let mut l = Listener::default();
+        let mut rng = Rng::new(1, 0);
+        assert_eq!(l.replay(&mut rng), None);
+        for t in 0..40u32 {
+            l.remember(t);
+        }
+        assert_eq!(l.recent_len as usize, RECENT);
+        for _ in 0..200 {
+            let t = l.replay(&mut rng).expect("remembered");
+            assert!((24..40).contains(&t), "{t}");
         }
     }
 }

@@ -22,6 +22,17 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
+static FONT: &[u8] = include_bytes!("../data/DejaVuSans.ttf");
+
+/// Registers the shipped font as "sans-serif" (once per process).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // The font is compiled in and known to parse (a test draws with it).
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
 fn draw<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
@@ -94,6 +105,7 @@ pub fn line_plot(
     yl: &str,
     series: &[Series],
 ) -> Result<(), OutputError> {
+    register_font();
     let err = |reason: String| OutputError::Plot {
         name: name.to_string(),
         reason,

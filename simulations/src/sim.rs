@@ -412,7 +412,11 @@ impl<C: Cores> World<C> {
         };
         for i in 0..self.peers {
             let (kind, after_min) = if self.churn_rng.chance(p_on) {
-                self.start_session(i, Time::ZERO);
+                // Listeners online at the start are somewhere in a track: their next play
+                // comes after a uniform fraction of a mean track (no burst at t = 0).
+                let mean = self.s.catalog.track_duration_s.mean().min(3600.0);
+                let first = self.churn_rng.uniform(0.0, mean);
+                self.start_session(i, Time::from_micros((first * 1e6) as u64));
                 self.command(i, Listen::SessionStart);
                 (
                     SESSION_END,
@@ -637,7 +641,7 @@ impl<C: Cores> World<C> {
         }
     }
 
-    fn start_session(&mut self, i: u32, now: Time) {
+    fn start_session(&mut self, i: u32, first_play: Time) {
         self.links[i as usize].up = true;
         let l = &mut self.listeners[i as usize];
         l.online = true;
@@ -651,8 +655,9 @@ impl<C: Cores> World<C> {
             self.attach(i);
         }
         let generation = self.listeners[i as usize].generation;
+        // `first_play` is now, or later for listeners already mid-track when the run starts.
         self.engine.schedule(
-            now,
+            first_play,
             Ev::App {
                 node: i,
                 kind: NEXT_PLAY,

@@ -93,7 +93,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // Fail on an unusable --out before spending time on the run.
             let staging = output::Staging::new(&out)?;
             let pb = bar(s.run.duration_s.ceil() as u64, "sim s");
-            let mut r = World::new(s, seed, ShoalCores::new(s, seed)).run(&mut |t, events| {
+            // Building the population (and warm caches: hashing their tracks) can take a while.
+            pb.set_message("building the population and warm caches");
+            pb.tick();
+            let world = World::new(s, seed, ShoalCores::new(s, seed));
+            let mut r = world.run(&mut |t, events| {
                 pb.set_position(t as u64);
                 pb.set_message(format!("{events} events"));
             });

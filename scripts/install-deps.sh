@@ -11,6 +11,9 @@ packages=(
   opus-tools       # opusenc/opusdec: reference for audio quality checks and benchmarks
   sox              # makes test inputs (FLAC, MP3, WAV, ADPCM) from the real music
   libsox-fmt-all   # sox MP3/Vorbis support
+  postgresql       # a throw-away PostgreSQL for the catalog tests (scripts/services.sh)
+  python3-venv     # moto_server, the S3-compatible server for the origin-store tests
+  curl
 )
 
 missing=()

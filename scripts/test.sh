@@ -22,6 +22,17 @@ fi
 echo "== fuzz targets build"
 cargo build --quiet --manifest-path protocol/fuzz/Cargo.toml
 
+echo "== test servers (PostgreSQL, S3-compatible moto)"
+# Real servers for the catalog/origin tests; in CI a missing one fails the run rather than
+# skipping those tests.
+if envs=$(bash scripts/services.sh start); then
+  eval "$envs"
+  trap 'bash scripts/services.sh stop' EXIT
+else
+  echo "warning: could not start PostgreSQL/moto; their tests will be skipped" >&2
+fi
+if [ "${CI:-}" = "true" ]; then export SHOAL_REQUIRE_SERVICES=1; fi
+
 echo "== doc tests"
 cargo test --workspace --doc --quiet
 

@@ -1,15 +1,19 @@
 //! `shoal-tracker`: publish music and tell peers who holds it.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use shoal_tracker::import::{self, ImportOptions, ImportOutcome};
+use shoal_tracker::import::{self, ImportOptions};
+use shoal_tracker::net::catalog::Catalog;
 use shoal_tracker::net::config::TrackerConfig;
-use shoal_tracker::store::LocalStore;
+use shoal_tracker::net::http::{AppState, HttpLimits, router};
+use shoal_tracker::net::origin::{Origin, OriginStore};
+use shoal_tracker::store::{CommitOutcome, LocalStore};
 
 /// Catalog, peer registry and origin store of a Shoal network.
 #[derive(Debug, Parser)]
@@ -22,17 +26,34 @@ struct Cli {
     command: Command,
 }
 
+/// Where the catalog and the origin store live (shared by `serve` and `import`).
+#[derive(Debug, clap::Args)]
+struct Storage {
+    /// Data directory: origin store (unless --store), embedded catalog (unless --db), staging.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Catalog database: sqlite://PATH or postgres://USER@HOST:PORT/DB
+    /// [default: sqlite://DATA/catalog.sqlite].
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Origin store: s3://BUCKET[/PREFIX], configured by AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION (AWS_ALLOW_HTTP=true for plain HTTP)
+    /// [default: the data directory].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish music: decode, encode to Opus, chunk and store files (or folders, recursively).
     ///
     /// Reads WAV, FLAC, MP3, Ogg Vorbis and Ogg Opus. Prints one line per track (TrackId,
     /// title, duration) and a summary; exits with status 1 if any file failed. Importing the
-    /// same file with the same settings again gives the same TrackId and writes nothing.
+    /// same file with the same settings again gives the same TrackId and writes nothing. A
+    /// track appears in search only once all its chunks and its manifest are stored.
     Import {
-        /// Data directory of the origin store (created if missing).
-        #[arg(long, value_name = "DIR")]
-        data: Option<PathBuf>,
+        #[command(flatten)]
+        storage: Storage,
         /// Opus bitrate in kbit/s [default: 128].
         #[arg(long, value_name = "KBIT/S", value_parser = clap::value_parser!(u32).range(6..=510))]
         bitrate: Option<u32>,
@@ -43,12 +64,31 @@ enum Command {
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
+    /// Serve the HTTP API: /search, /tracks/{id}, /manifests/{id}, /chunks/{id}, /metrics,
+    /// /healthz.
+    Serve {
+        #[command(flatten)]
+        storage: Storage,
+        /// HTTP address to listen on [default: 0.0.0.0:7700].
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
     shoal_tracker::net::init_logging();
     let cli = Cli::parse();
-    match run(cli) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -57,44 +97,143 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// The opened catalog and origin, with the local store used for staging.
+struct Opened {
+    local: LocalStore,
+    catalog: Catalog,
+    origin: Origin,
+}
+
+async fn open(storage: Storage, config: &TrackerConfig) -> Result<Opened> {
+    let data = storage
+        .data
+        .or_else(|| config.data.clone())
+        .context("no data directory: pass --data DIR (or set `data` in the config file)")?;
+    let local = LocalStore::create(&data)
+        .with_context(|| format!("cannot open data directory {}", data.display()))?;
+    let db = storage
+        .db
+        .or_else(|| config.db.clone())
+        .unwrap_or_else(|| Catalog::default_url(&data));
+    let catalog = Catalog::open(&db)
+        .await
+        .with_context(|| format!("cannot open the catalog at {}", redact(&db)))?;
+    let store = storage.store.or_else(|| config.store.clone());
+    let origin = Origin::open(store.as_deref(), local.clone())?;
+    origin.ping().await.with_context(|| {
+        format!(
+            "cannot use the origin store {}",
+            store.as_deref().unwrap_or("(data directory)")
+        )
+    })?;
+    Ok(Opened {
+        local,
+        catalog,
+        origin,
+    })
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
     let config = match &cli.config {
         Some(path) => TrackerConfig::load(path)?,
         None => TrackerConfig::default(),
     };
     match cli.command {
         Command::Import {
-            data,
+            storage,
             bitrate,
             complexity,
             paths,
         } => {
-            let data = data
-                .or(config.data)
-                .context("no data directory: pass --data DIR (or set `data` in the config file)")?;
             let options = ImportOptions {
                 bitrate: bitrate.or(config.import.bitrate_kbps).unwrap_or(128) * 1000,
                 complexity: complexity.or(config.import.complexity).unwrap_or(10),
             };
-            import_command(&data, &options, &paths)
+            if storage.data.is_none() && config.data.is_none() {
+                anyhow::bail!("no data directory: pass --data DIR (or set `data` in the config file)");
+            }
+            let files = import::collect_files(&paths)?;
+            if files.is_empty() {
+                anyhow::bail!(
+                    "no audio files found in {}",
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let opened = open(storage, &config).await?;
+            import_command(&opened, &options, &files).await
+        }
+        Command::Serve { storage, http } => {
+            let opened = open(storage, &config).await?;
+            let addr = http
+                .or(config.http.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700)));
+            let mut limits = HttpLimits::default();
+            if let Some(r) = config.http.requests_per_sec {
+                limits.requests_per_sec = r;
+            }
+            if let Some(b) = config.http.burst {
+                limits.burst = b;
+            }
+            serve(opened, addr, limits).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn import_command(data: &Path, options: &ImportOptions, paths: &[PathBuf]) -> Result<ExitCode> {
-    let store = LocalStore::create(data)
-        .with_context(|| format!("cannot open data directory {}", data.display()))?;
-    let files = import::collect_files(paths)?;
-    if files.is_empty() {
-        anyhow::bail!(
-            "no audio files found in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+async fn serve(opened: Opened, addr: SocketAddr, limits: HttpLimits) -> Result<()> {
+    let tracks = opened.catalog.count().await?;
+    let state = AppState::new(opened.catalog, opened.origin, limits);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(%local, tracks, "serving the HTTP API");
+    // The bound address on stdout: scripts and tests started with port 0 read it here.
+    println!("listening on http://{local}");
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            if let Ok(mut s) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                s.recv().await;
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+        tracing::info!("shutting down");
+    })
+    .await?;
+    Ok(())
+}
+
+async fn import_command(
+    opened: &Opened,
+    options: &ImportOptions,
+    files: &[PathBuf],
+) -> Result<ExitCode> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(files.len() as u64 * 1000);
         bar.set_style(
@@ -115,20 +254,20 @@ fn import_command(data: &Path, options: &ImportOptions, paths: &[PathBuf]) -> Re
                 .unwrap_or_default(),
         );
         let base = i as u64 * 1000;
-        let result = import::import_file(&store, file, options, &mut |f| {
+        let result = import_one(opened, file, options, &mut |f| {
             bar.set_position(base + (f * 1000.0) as u64)
-        });
+        })
+        .await;
         bar.set_position(base + 1000);
         bar.suspend(|| match &result {
-            Ok(outcome) => {
-                let m = outcome.meta();
+            Ok((m, outcome)) => {
                 let secs = m.duration_ms / 1000;
                 let note = match outcome {
-                    ImportOutcome::Imported(_) => {
+                    CommitOutcome::Imported => {
                         imported += 1;
                         ""
                     }
-                    ImportOutcome::AlreadyPresent(_) => {
+                    CommitOutcome::AlreadyPresent => {
                         skipped += 1;
                         "  (already imported)"
                     }
@@ -143,7 +282,7 @@ fn import_command(data: &Path, options: &ImportOptions, paths: &[PathBuf]) -> Re
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {}: {e}", file.display());
+                eprintln!("error: {}: {e:#}", file.display());
             }
         });
     }
@@ -154,4 +293,30 @@ fn import_command(data: &Path, options: &ImportOptions, paths: &[PathBuf]) -> Re
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Encodes, publishes to the origin, then records in the catalog: the catalog row is the last
+/// step, so search never shows a track whose chunks or manifest are missing.
+async fn import_one(
+    opened: &Opened,
+    file: &Path,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(f64),
+) -> Result<(shoal_tracker::store::TrackMeta, CommitOutcome)> {
+    let encoded = tokio::task::block_in_place(|| {
+        import::encode_file(&opened.local, file, options, progress)
+    })?;
+    let outcome = opened
+        .origin
+        .publish(encoded.staging, &encoded.manifest, &encoded.meta)
+        .await?;
+    let meta = match (outcome, opened.catalog.get(&encoded.meta.id).await?) {
+        // Keep the first import's metadata (and added-at) for a track already published.
+        (CommitOutcome::AlreadyPresent, Some(existing)) => existing,
+        _ => {
+            opened.catalog.upsert(&encoded.meta).await?;
+            encoded.meta
+        }
+    };
+    Ok((meta, outcome))
 }

@@ -42,10 +42,10 @@ pub enum ImportError {
     #[error("encoder: {0}")]
     Codec(String),
     /// Reading the file failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// Writing to the store failed.
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -117,14 +117,45 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, std::io::Error> 
     Ok(files)
 }
 
-/// Imports one file into `store`. `progress` receives the fraction done (0–1) when the
-/// container says how long the audio is.
+/// A file encoded and chunked, its chunks staged under the local store, not yet published.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The manifest.
+    pub manifest: shoal_protocol::Manifest,
+    /// The catalog metadata.
+    pub meta: TrackMeta,
+    /// The staged chunks (removed when dropped unpublished).
+    pub staging: crate::store::Staging,
+}
+
+/// Imports one file into the local `store`. `progress` receives the fraction done (0–1) when
+/// the container says how long the audio is.
 pub fn import_file(
     store: &LocalStore,
     path: &Path,
     options: &ImportOptions,
     progress: &mut dyn FnMut(f64),
 ) -> Result<ImportOutcome, ImportError> {
+    let Encoded {
+        manifest,
+        meta,
+        staging,
+    } = encode_file(store, path, options, progress)?;
+    match staging.commit(&manifest, &meta)? {
+        CommitOutcome::Imported => Ok(ImportOutcome::Imported(meta)),
+        CommitOutcome::AlreadyPresent => {
+            Ok(ImportOutcome::AlreadyPresent(store.get_meta(&meta.id)?))
+        }
+    }
+}
+
+/// Decodes, encodes and chunks one file, staging its chunks in `store`'s staging area.
+pub fn encode_file(
+    store: &LocalStore,
+    path: &Path,
+    options: &ImportOptions,
+    progress: &mut dyn FnMut(f64),
+) -> Result<Encoded, ImportError> {
     let mut source = source::open(path)?;
     let channels = source.channels();
     let mut resampler = resample::To48k::new(source.sample_rate(), channels)?;
@@ -189,10 +220,9 @@ pub fn import_file(
             .map_or(0, |d| d.as_secs()),
     };
     progress(1.0);
-    match staging.commit(&manifest, &meta)? {
-        CommitOutcome::Imported => Ok(ImportOutcome::Imported(meta)),
-        CommitOutcome::AlreadyPresent => {
-            Ok(ImportOutcome::AlreadyPresent(store.get_meta(&meta.id)?))
-        }
-    }
+    Ok(Encoded {
+        manifest,
+        meta,
+        staging,
+    })
 }

@@ -11,9 +11,30 @@ use serde::Deserialize;
 pub struct TrackerConfig {
     /// Data directory of the origin store and catalog (`--data`). No default: required.
     pub data: Option<PathBuf>,
+    /// Catalog database URL (`--db`): `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    /// Default: `sqlite://DATA/catalog.sqlite`.
+    pub db: Option<String>,
+    /// Origin store URL (`--store`): `s3://BUCKET[/PREFIX]` (AWS_* variables configure the
+    /// endpoint and credentials). Default: the data directory.
+    pub store: Option<String>,
+    /// `[http]`: the HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// `[import]`: encoding settings.
     #[serde(default)]
     pub import: ImportConfig,
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on (`--http`); default `0.0.0.0:7700`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Requests per second one client IP may make on average; default 500.
+    pub requests_per_sec: Option<f64>,
+    /// Requests one client IP may make in a burst; default 1000.
+    pub burst: Option<f64>,
 }
 
 /// `[import]` section.

@@ -1,7 +1,10 @@
 //! The driver: turns real events (sockets, disk, clock) into core inputs and core outputs into
 //! frames, writes and timers. It decides nothing.
 
+pub mod catalog;
 pub mod config;
+pub mod http;
+pub mod origin;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).
 pub fn init_logging() {

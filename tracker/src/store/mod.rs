@@ -309,6 +309,16 @@ pub enum CommitOutcome {
 }
 
 impl Staging {
+    /// The chunks staged so far, in order.
+    pub fn chunks(&self) -> &[ChunkId] {
+        &self.chunks
+    }
+
+    /// Where a staged chunk's bytes are.
+    pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
     /// Stages one chunk (written and fsynced now, published at commit).
     pub fn put_chunk(&mut self, id: &ChunkId, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(id.to_string());

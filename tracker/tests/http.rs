@@ -783,3 +783,143 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A private moto_server (from the venv `scripts/services.sh` creates) that the test can pause.
+struct PrivateS3 {
+    child: Child,
+    endpoint: String,
+}
+
+impl PrivateS3 {
+    fn start() -> Option<Self> {
+        required("SHOAL_TEST_S3_ENDPOINT")?;
+        let moto =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv/bin/moto_server");
+        assert!(
+            moto.is_file(),
+            "{} missing: scripts/services.sh start creates it",
+            moto.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { child, endpoint });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("moto_server did not start");
+    }
+    fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_down_while_serving_gives_503_then_recovers() {
+    let Some(s3) = PrivateS3::start() else { return };
+    let r = client()
+        .put(format!("{}/paused", s3.endpoint))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage {
+        data: dir.path().join("data"),
+        db: None,
+        store: Some("s3://paused/x".into()),
+    };
+    let a = excerpt(dir.path(), "Orbital Elevator.ogg", "o.ogg");
+    let env = |cmd: &mut Command| {
+        cmd.env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("RUST_LOG", "off");
+    };
+    let mut cmd = Command::new(BIN);
+    cmd.arg("import").args(storage.args()).arg(&a);
+    env(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(storage.args())
+        .args(["--http", "127.0.0.1:0"])
+        .stdout(Stdio::piped());
+    env(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let server = Server {
+        child,
+        base: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string(),
+    };
+    let http = client();
+    let hits: serde_json::Value = http
+        .get(format!("{}/search?q=orbital", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = hits[0]["id"].as_str().unwrap().to_string();
+    let manifest = || http.get(format!("{}/manifests/{id}", server.base)).send();
+    assert_eq!(manifest().await.unwrap().status(), 200);
+
+    s3.signal("-STOP");
+    let started = std::time::Instant::now();
+    let r = manifest().await.unwrap();
+    assert_eq!(r.status(), 503, "S3 unreachable");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered within the store timeout"
+    );
+    s3.signal("-CONT");
+    let mut last = 0;
+    for _ in 0..50 {
+        last = manifest().await.unwrap().status().as_u16();
+        if last == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last, 200, "recovers once S3 is back");
+}

@@ -148,8 +148,22 @@ impl ObjectOrigin {
         if bucket.is_empty() {
             return Err(OriginError::BadUrl(url.to_owned()));
         }
+        // Fail within seconds when the store is down (the API answers 503 and the caller
+        // retries) rather than object_store's default of retrying for minutes.
+        let retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig::default(),
+            max_retries: 2,
+            retry_timeout: std::time::Duration::from_secs(5),
+        };
+        let client = object_store::ClientOptions::new()
+            .with_timeout(std::time::Duration::from_secs(5))
+            .with_connect_timeout(std::time::Duration::from_secs(2));
+        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
         let s3 = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
+            .with_retry(retry)
+            .with_client_options(client)
+            .with_allow_http(allow_http)
             .build()
             .map_err(|e| OriginError::Unavailable(format!("S3 configuration: {e}")))?;
         Ok(Self::new(Arc::new(s3), prefix))

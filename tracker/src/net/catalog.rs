@@ -193,55 +193,35 @@ impl Catalog {
 
     /// Adds or replaces a track's metadata.
     pub async fn upsert(&self, m: &TrackMeta) -> Result<(), CatalogError> {
+        // `$N` placeholders are understood by both SQLite and PostgreSQL.
+        const UPSERT: &str = "INSERT INTO tracks
+              (id, title, artist, album, duration_ms, bitrate, channels, bytes, source, added_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT(id) DO UPDATE SET title = excluded.title, artist = excluded.artist,
+              album = excluded.album, duration_ms = excluded.duration_ms, bitrate = excluded.bitrate,
+              channels = excluded.channels, bytes = excluded.bytes, source = excluded.source";
         let id = m.id.to_string();
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        match self {
-            Catalog::Sqlite(pool) => {
-                sqlx::query(
-                    "INSERT INTO tracks (id, title, artist, album, duration_ms, bitrate, channels, bytes, source, added_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT(id) DO UPDATE SET title = excluded.title, artist = excluded.artist,
-                       album = excluded.album, duration_ms = excluded.duration_ms, bitrate = excluded.bitrate,
-                       channels = excluded.channels, bytes = excluded.bytes, source = excluded.source",
-                )
-                .bind(&id)
-                .bind(&m.title)
-                .bind(&m.artist)
-                .bind(&m.album)
-                .bind(as_i64(m.duration_ms))
-                .bind(i64::from(m.bitrate))
-                .bind(i64::from(m.channels))
-                .bind(as_i64(m.bytes))
-                .bind(&m.source)
-                .bind(as_i64(m.added_at))
-                .execute(pool)
-                .await
-                .map_err(db("insert"))?;
-            }
-            Catalog::Postgres(pool) => {
-                sqlx::query(
-                    "INSERT INTO tracks (id, title, artist, album, duration_ms, bitrate, channels, bytes, source, added_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                     ON CONFLICT(id) DO UPDATE SET title = excluded.title, artist = excluded.artist,
-                       album = excluded.album, duration_ms = excluded.duration_ms, bitrate = excluded.bitrate,
-                       channels = excluded.channels, bytes = excluded.bytes, source = excluded.source",
-                )
-                .bind(&id)
-                .bind(&m.title)
-                .bind(&m.artist)
-                .bind(&m.album)
-                .bind(as_i64(m.duration_ms))
-                .bind(i64::from(m.bitrate))
-                .bind(i64::from(m.channels))
-                .bind(as_i64(m.bytes))
-                .bind(&m.source)
-                .bind(as_i64(m.added_at))
-                .execute(pool)
-                .await
-                .map_err(db("insert"))?;
-            }
+        macro_rules! bound {
+            () => {
+                sqlx::query(UPSERT)
+                    .bind(&id)
+                    .bind(&m.title)
+                    .bind(&m.artist)
+                    .bind(&m.album)
+                    .bind(as_i64(m.duration_ms))
+                    .bind(i64::from(m.bitrate))
+                    .bind(i64::from(m.channels))
+                    .bind(as_i64(m.bytes))
+                    .bind(&m.source)
+                    .bind(as_i64(m.added_at))
+            };
         }
-        Ok(())
+        match self {
+            Catalog::Sqlite(pool) => bound!().execute(pool).await.map(|_| ()),
+            Catalog::Postgres(pool) => bound!().execute(pool).await.map(|_| ()),
+        }
+        .map_err(db("insert"))
     }
 
     /// Tracks matching every word of `query` (the last words as prefixes), most relevant

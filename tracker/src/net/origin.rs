@@ -158,7 +158,8 @@ impl ObjectOrigin {
         let client = object_store::ClientOptions::new()
             .with_timeout(std::time::Duration::from_secs(5))
             .with_connect_timeout(std::time::Duration::from_secs(2));
-        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        let allow_http = std::env::var("AWS_ALLOW_HTTP")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
         let s3 = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_retry(retry)
@@ -186,6 +187,18 @@ impl ObjectOrigin {
         }
     }
 
+    /// The bytes under `dir/ab/<hex>` (unverified: callers verify).
+    async fn fetch(&self, kind: &'static str, dir: &str, hex: &str) -> Result<Bytes, OriginError> {
+        let get = self
+            .store
+            .get(&self.key(dir, hex))
+            .await
+            .map_err(object_error(kind, hex.to_owned()))?;
+        get.bytes()
+            .await
+            .map_err(object_error(kind, hex.to_owned()))
+    }
+
     async fn put(&self, path: &ObjectPath, bytes: Bytes) -> Result<(), OriginError> {
         self.store
             .put(path, PutPayload::from(bytes))
@@ -198,36 +211,20 @@ impl ObjectOrigin {
 impl OriginStore for ObjectOrigin {
     async fn get_chunk(&self, id: &ChunkId) -> Result<Bytes, OriginError> {
         let hex = id.to_string();
-        let get = self
-            .store
-            .get(&self.key("chunks", &hex))
-            .await
-            .map_err(object_error("chunk", hex.clone()))?;
-        let bytes = get
-            .bytes()
-            .await
-            .map_err(object_error("chunk", hex.clone()))?;
-        verify(&bytes, id).map_err(|_| {
+        let bytes = self.fetch("chunk", "chunks", &hex).await?;
+        if verify(&bytes, id).is_err() {
             tracing::error!(chunk = %hex, "corrupt chunk in the object store: not served");
-            OriginError::Corrupt {
+            return Err(OriginError::Corrupt {
                 kind: "chunk",
                 id: hex,
-            }
-        })?;
+            });
+        }
         Ok(bytes)
     }
 
     async fn get_manifest(&self, id: &TrackId) -> Result<Bytes, OriginError> {
         let hex = id.to_string();
-        let get = self
-            .store
-            .get(&self.key("manifests", &hex))
-            .await
-            .map_err(object_error("manifest", hex.clone()))?;
-        let bytes = get
-            .bytes()
-            .await
-            .map_err(object_error("manifest", hex.clone()))?;
+        let bytes = self.fetch("manifest", "manifests", &hex).await?;
         if !id.matches(&bytes) || Manifest::decode(&bytes).is_err() {
             tracing::error!(track = %hex, "corrupt manifest in the object store: not served");
             return Err(OriginError::Corrupt {

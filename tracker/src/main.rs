@@ -162,7 +162,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 complexity: complexity.or(config.import.complexity).unwrap_or(10),
             };
             if storage.data.is_none() && config.data.is_none() {
-                anyhow::bail!("no data directory: pass --data DIR (or set `data` in the config file)");
+                anyhow::bail!(
+                    "no data directory: pass --data DIR (or set `data` in the config file)"
+                );
             }
             let files = import::collect_files(&paths)?;
             if files.is_empty() {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use shoal_peer::audio::{OutputTarget, TrackDecoder};
 use shoal_peer::core::BytesBySource;
+use shoal_peer::net::cache::DiskCache;
 use shoal_peer::net::stats::PlayReport;
 use shoal_protocol::TrackId;
 use shoal_tracker::store::LocalStore;
@@ -42,6 +43,22 @@ enum Command {
         /// The track (64 hex digits, as `shoal-tracker import` prints).
         track: TrackId,
     },
+    /// Show or clear the local chunk cache.
+    Cache {
+        /// Cache directory [default: $XDG_CACHE_HOME/shoal or ~/.cache/shoal].
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheAction {
+    /// Chunks, bytes and the size limit (10% of free disk by default).
+    Stats,
+    /// Delete every cached chunk and manifest.
+    Clear,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +81,47 @@ fn run(cli: Cli) -> Result<()> {
             json,
             track,
         } => play_local(&data, &output, start, json, track),
+        Command::Cache { cache, action } => {
+            let dir = cache.or_else(shoal_peer::net::cache::default_dir).context(
+                "no cache directory: pass --cache DIR (neither XDG_CACHE_HOME nor HOME is set)",
+            )?;
+            let mut cache = DiskCache::open(&dir, None)?;
+            if let CacheAction::Clear = action {
+                cache.clear()?;
+                println!("cleared {}", dir.display());
+            }
+            let s = cache.stats();
+            println!(
+                "{}: {} chunks, {} of {} ({:.1}%), {} manifests",
+                dir.display(),
+                s.chunks,
+                human(s.bytes),
+                human(s.max_bytes),
+                if s.max_bytes == 0 {
+                    0.0
+                } else {
+                    100.0 * s.bytes as f64 / s.max_bytes as f64
+                },
+                s.manifests
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Bytes as B/KiB/MiB/GiB with one decimal.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shoal_protocol::{Core, Input, NodeId, Output, Time};
 
-use crate::cores::{Cores, Listen, NodeInfo};
+use crate::cores::{Cores, Feedback, Listen, NodeInfo};
 use crate::net::Role;
 use crate::rng::Rng;
 use crate::stats::PlaybackStats;
@@ -132,10 +132,10 @@ impl Cores for TrafficCores {
         .filter(|_| info.role != Role::Tracker || self.nodes > 0)
     }
 
-    fn commands(&mut self, _node: u32, action: Listen, out: &mut Vec<bool>) {
+    fn commands(&mut self, _node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
         match action {
-            Listen::SessionStart => out.push(true),
-            Listen::SessionEnd => out.push(false),
+            Listen::SessionStart => out.push(Feedback::Command(true)),
+            Listen::SessionEnd => out.push(Feedback::Command(false)),
             Listen::Play { .. } => {}
         }
     }

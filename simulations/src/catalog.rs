@@ -155,6 +155,11 @@ impl SynthCatalog {
         self.by_id.get(id).copied()
     }
 
+    /// The (catalog index, chunk index) of a chunk of a materialised track, by id.
+    pub fn locate(&self, id: &ChunkId) -> Option<(u32, u32)> {
+        self.by_chunk.get(id).copied()
+    }
+
     /// Bytes of a chunk of a materialised track, by id.
     pub fn bytes_of_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
         let (track, index) = *self.by_chunk.get(id)?;

@@ -83,6 +83,15 @@ pub enum Feedback<C: Cores + ?Sized> {
         /// The message.
         msg: Msg<C>,
     },
+    /// Wake the driver of this node after `after_us` microseconds
+    /// ([`Cores::on_timer`] with `token`), e.g. to renew an announce. Dropped while the node
+    /// is offline.
+    Timer {
+        /// Delay, µs.
+        after_us: u64,
+        /// Handed back to [`Cores::on_timer`].
+        token: u32,
+    },
 }
 
 impl<C: Cores + ?Sized> std::fmt::Debug for Feedback<C> {
@@ -91,6 +100,9 @@ impl<C: Cores + ?Sized> std::fmt::Debug for Feedback<C> {
             Feedback::Command(_) => f.write_str("Feedback::Command(..)"),
             Feedback::Later { after_us, .. } => write!(f, "Feedback::Later({after_us} µs, ..)"),
             Feedback::Send { to, .. } => write!(f, "Feedback::Send {{ to: {to}, .. }}"),
+            Feedback::Timer { after_us, token } => {
+                write!(f, "Feedback::Timer({after_us} µs, {token})")
+            }
         }
     }
 }
@@ -122,9 +134,20 @@ pub trait Cores {
     /// The core for a node, or `None` when that role's core is not integrated.
     fn spawn(&mut self, info: &NodeInfo<'_>) -> Option<Self::Core>;
 
-    /// The commands, in order, that carry out a listener action on a peer's core (e.g. play
-    /// a track, then queue the next one).
-    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Cmd<Self>>);
+    /// What carries out a listener action on a peer, in order: commands to its core (e.g. play
+    /// a track, then queue the next one) and what its driver sends (e.g. an announce when the
+    /// client starts).
+    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>);
+
+    /// A [`Feedback::Timer`] of `node`'s driver fired (only while the node is online).
+    fn on_timer(
+        &mut self,
+        _now: Time,
+        _node: u32,
+        _token: u32,
+        _feedback: &mut Vec<Feedback<Self>>,
+    ) {
+    }
 
     /// Reads an event a core reported into the statistics (first audio, stutter, bytes by
     /// source, play finished...) and does what the driver does with it (`feedback`, e.g. a
@@ -196,7 +219,7 @@ impl Cores for NoCores {
         None
     }
 
-    fn commands(&mut self, _node: u32, _action: Listen, _out: &mut Vec<Absent>) {}
+    fn commands(&mut self, _node: u32, _action: Listen, _out: &mut Vec<Feedback<Self>>) {}
 
     fn observe(
         &mut self,

@@ -985,10 +985,11 @@ pub fn find_key_line(text: &str, key: &str) -> Option<usize> {
             continue;
         }
         // Array-of-tables element must match the requested index.
-        if let Some(idx) = header_index {
-            if !header.is_empty() && segs[header.len() - 1].1 != Some(idx) {
-                continue;
-            }
+        if let Some(idx) = header_index
+            && !header.is_empty()
+            && segs[header.len() - 1].1 != Some(idx)
+        {
+            continue;
         }
         if full.len() == segs.len() && segs[full.len() - 1].1.is_none() {
             return Some(i + 1);

@@ -1,23 +1,45 @@
 //! Owns the integration of Shoal's real cores into the simulator: [`ShoalCores`] runs
 //! `shoal_peer::core::PeerCore` (FetchScheduler + ChunkServer + LRU cache index) on every
-//! peer and a `ChunkServer` on every origin, and does for them exactly what the real driver
-//! does — answers disk reads from the (synthetic) store, tells a server when a response went
-//! out, maps listener actions to commands and core events to statistics. Every decision
-//! (which source, when to hedge, when to fall back to the origin, what to cache or prefetch,
-//! whom to serve) is the cores'.
+//! peer, a `ChunkServer` on every origin and `shoal_tracker::core::TrackerCore` (the peer
+//! registry) on the tracker, and does for them exactly what the real drivers do — answers disk
+//! reads from the (synthetic) store, tells a server when a response went out, announces what a
+//! peer's cache holds, turns `NeedPeers` into a holder lookup and its answer into
+//! `SchedulerCommand::Peers`, maps listener actions to commands and core events to statistics.
+//! Every decision (which source, when to hedge, when to fall back to the origin, what to cache
+//! or prefetch, whom to serve, which holders to list and in what order, when an entry expires)
+//! is the cores'.
 //!
-//! Not yet integrated (their cores have not landed): the tracker (`NeedPeers` lookups stay
-//! unanswered, so peers learn of no holders and P2P transfer cannot happen) and super-peers
-//! (they relay NATed traffic at the transport level only: no index, no cache).
+//! Not yet integrated (its core has not landed): super-peers (they relay NATed traffic at the
+//! transport level only: no index, no cache).
+//!
+//! **Announces** (the peer driver's part; the client has no announce loop yet, so this follows
+//! the protocol's documented use): on joining, `replace: true` with every track whose chunks
+//! the cache holds completely; then, batched per instant, additions (a track became complete)
+//! and removals (a chunk of a complete track was evicted); a full `replace` again every half
+//! TTL (the TTL the tracker answered), and 5 s after a rejected announce. `via` is the peer's
+//! nearest super-peer, `region` its country. Peers announce no addresses: the simulator
+//! reaches a node by its id, and the link model applies NAT (direct, hole punch or relay).
+//! A peer that quits says nothing: its entry lapses with the TTL.
+//!
+//! **Identities**: node `i` is `NodeId::from_index(i)`; its contact's `peer_id` is those 32
+//! bytes, so a holder maps back with `NodeId::from_bytes` exactly. The registry derives a
+//! cluster key from `via` with `cluster_of` (`NodeId::from_key` of the super-peer's peer id),
+//! which is not the super-peer's simulator id; peers with the same super-peer still share one
+//! key, which is all ranking by cluster among peers needs (super-peers neither announce nor
+//! ask here).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use shoal_peer::core::{
-    ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore, PeerEvent, SchedulerCommand,
-    SchedulerEvent, ServerCommand, ServerConfig,
+    ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo,
+    SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
 };
-use shoal_protocol::wire::{ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES};
+use shoal_protocol::wire::{
+    Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
+    LookupResponse, MAX_ANNOUNCE_TRACKS, PeerContact, WireMessage,
+};
 use shoal_protocol::{Core, Input, NodeId, Output, Time, TrackId};
+use shoal_tracker::core::{RegistryConfig, RegistryMessage, TrackerCore, TrackerEvent};
 
 use crate::catalog::SynthCatalog;
 use crate::cores::{Cores, Feedback, Listen, NodeInfo};
@@ -25,26 +47,84 @@ use crate::net::Role;
 use crate::scenario::Scenario;
 use crate::stats::{PlaybackStats, Source};
 
-/// A simulated node's core: the listener's whole core, or an origin's chunk server.
+/// A message between simulated nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimMsg {
+    /// `/shoal/chunk/1`.
+    Chunk(ChunkMsg),
+    /// `/shoal/announce/1` request, peer to tracker (the tracker's driver attests the sender's
+    /// contact from the connection).
+    Announce(Announce),
+    /// Registry traffic as the tracker core speaks it: holder lookups, their answers, announce
+    /// answers.
+    Registry(RegistryMessage),
+}
+
+/// An event of a simulated node's core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SimEvent {
+    /// From a peer's or origin's core.
+    Peer(PeerEvent),
+    /// From the tracker core.
+    Tracker(TrackerEvent),
+}
+
+/// A simulated node's core: the listener's whole core, an origin's chunk server, or the
+/// tracker's registry.
 #[derive(Debug)]
 pub enum SimNode {
     /// A listener.
     Peer(Box<PeerCore>),
     /// An origin store's server.
     Origin(Box<ChunkServer>),
+    /// The tracker.
+    Tracker(Box<TrackerCore>),
+}
+
+/// The contact the tracker's driver attests for node `id`: its peer id is the id's bytes.
+fn contact_of(id: NodeId) -> PeerContact {
+    PeerContact {
+        peer_id: id.as_bytes().to_vec(),
+        addrs: Vec::new(),
+    }
+}
+
+/// The node a contact names (the inverse of [`contact_of`]).
+fn node_of(c: &PeerContact) -> Option<NodeId> {
+    <[u8; 32]>::try_from(c.peer_id.as_slice())
+        .ok()
+        .map(NodeId::from_bytes)
 }
 
 impl Core for SimNode {
-    type Message = ChunkMsg;
+    type Message = SimMsg;
     type Command = PeerCommand;
-    type Event = PeerEvent;
+    type Event = SimEvent;
 
-    fn handle_input(&mut self, now: Time, input: Input<ChunkMsg, PeerCommand>) {
+    fn handle_input(&mut self, now: Time, input: Input<SimMsg, PeerCommand>) {
         match self {
-            SimNode::Peer(c) => c.handle_input(now, input),
+            SimNode::Peer(c) => {
+                let input = match input {
+                    Input::Message {
+                        from,
+                        msg: SimMsg::Chunk(msg),
+                    } => Input::Message { from, msg },
+                    // Registry answers are handled by the driver (`on_deliver`).
+                    Input::Message { .. } => return,
+                    Input::Connected(n) => Input::Connected(n),
+                    Input::Disconnected(n) => Input::Disconnected(n),
+                    Input::Timeout => Input::Timeout,
+                    Input::Command(c) => Input::Command(c),
+                };
+                c.handle_input(now, input);
+            }
             SimNode::Origin(s) => {
                 let input = match input {
-                    Input::Message { from, msg } => Input::Message { from, msg },
+                    Input::Message {
+                        from,
+                        msg: SimMsg::Chunk(msg),
+                    } => Input::Message { from, msg },
+                    Input::Message { .. } => return,
                     Input::Connected(n) => Input::Connected(n),
                     Input::Disconnected(n) => Input::Disconnected(n),
                     Input::Timeout => Input::Timeout,
@@ -53,19 +133,140 @@ impl Core for SimNode {
                 };
                 s.handle_input(now, input);
             }
+            SimNode::Tracker(t) => {
+                let input = match input {
+                    Input::Message {
+                        from,
+                        msg: SimMsg::Announce(announce),
+                    } => Input::Message {
+                        from,
+                        msg: RegistryMessage::Announce {
+                            announce,
+                            contact: contact_of(from),
+                        },
+                    },
+                    Input::Message {
+                        from,
+                        msg: SimMsg::Registry(msg),
+                    } => Input::Message { from, msg },
+                    Input::Message {
+                        msg: SimMsg::Chunk(_),
+                        ..
+                    }
+                    | Input::Command(_) => return,
+                    Input::Connected(n) => Input::Connected(n),
+                    Input::Disconnected(n) => Input::Disconnected(n),
+                    Input::Timeout => Input::Timeout,
+                };
+                t.handle_input(now, input);
+            }
         }
     }
 
-    fn poll_output(&mut self) -> Output<ChunkMsg, PeerEvent> {
+    fn poll_output(&mut self) -> Output<SimMsg, SimEvent> {
         match self {
-            SimNode::Peer(c) => c.poll_output(),
+            SimNode::Peer(c) => match c.poll_output() {
+                Output::Send { to, msg } => Output::Send {
+                    to,
+                    msg: SimMsg::Chunk(msg),
+                },
+                Output::Event(e) => Output::Event(SimEvent::Peer(e)),
+                Output::Timeout(t) => Output::Timeout(t),
+            },
             SimNode::Origin(s) => match s.poll_output() {
-                Output::Send { to, msg } => Output::Send { to, msg },
-                Output::Event(e) => Output::Event(PeerEvent::Serve(e)),
+                Output::Send { to, msg } => Output::Send {
+                    to,
+                    msg: SimMsg::Chunk(msg),
+                },
+                Output::Event(e) => Output::Event(SimEvent::Peer(PeerEvent::Serve(e))),
+                Output::Timeout(t) => Output::Timeout(t),
+            },
+            SimNode::Tracker(t) => match t.poll_output() {
+                Output::Send { to, msg } => Output::Send {
+                    to,
+                    msg: SimMsg::Registry(msg),
+                },
+                Output::Event(e) => Output::Event(SimEvent::Tracker(e)),
                 Output::Timeout(t) => Output::Timeout(t),
             },
         }
     }
+}
+
+/// Driver timer tokens: `session << 2 | kind`.
+const TIMER_FLUSH: u32 = 0;
+const TIMER_RENEW: u32 = 1;
+const TIMER_RETRY: u32 = 2;
+/// After a rejected announce, resynchronise after this long (the registry's default sustained
+/// interval between announces).
+const RETRY_US: u64 = 5_000_000;
+
+/// What a peer's driver knows about its disk cache and its announces.
+#[derive(Debug, Default)]
+struct PeerDriver {
+    /// Chunks held per track (catalog index), as a bitmap over the manifest's chunks.
+    held: HashMap<u32, Held>,
+    /// Tracks held completely: what the peer offers.
+    complete: BTreeSet<u32>,
+    /// Changes to `complete` not announced yet.
+    added: BTreeSet<u32>,
+    removed: BTreeSet<u32>,
+    /// A flush timer is pending.
+    flush_pending: bool,
+    online: bool,
+    /// Bumped at every session start; stale timers carry an older one.
+    session: u32,
+    /// The super-peer it attaches to (nearest), for `via`.
+    via: Option<NodeId>,
+    region: Box<str>,
+}
+
+#[derive(Debug)]
+struct Held {
+    count: u32,
+    of: u32,
+    bits: Box<[u64]>,
+}
+
+impl Held {
+    fn new(of: u32) -> Self {
+        Self {
+            count: 0,
+            of,
+            bits: vec![0; (of as usize).div_ceil(64)].into_boxed_slice(),
+        }
+    }
+
+    /// Sets or clears chunk `i`; true when that changed anything.
+    fn set(&mut self, i: u32, on: bool) -> bool {
+        let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
+        let Some(word) = self.bits.get_mut(w) else {
+            return false;
+        };
+        if (*word & b != 0) == on {
+            return false;
+        }
+        *word ^= b;
+        if on {
+            self.count += 1;
+        } else {
+            self.count -= 1;
+        }
+        true
+    }
+}
+
+/// Counters of the driver's registry traffic, for the summary notes.
+#[derive(Debug, Default, Clone, Copy)]
+struct RegistryCounters {
+    need_peers: u64,
+    lookups_answered: u64,
+    lookups_empty: u64,
+    holders_returned: u64,
+    announces: u64,
+    accepted: u64,
+    rejected: u64,
+    expired_peers: u64,
 }
 
 /// The real cores, as far as they exist.
@@ -77,8 +278,17 @@ pub struct ShoalCores {
     origins: Vec<NodeId>,
     /// Tracks each origin has registered with its server, by origin position.
     origin_tracks: Vec<HashSet<TrackId>>,
-    /// Holder lookups the peers asked for (unanswered until the tracker core lands).
-    need_peers: u64,
+    /// The tracker's id.
+    tracker: NodeId,
+    /// The registry's thresholds (defaults: what a deployed tracker runs).
+    registry: RegistryConfig,
+    /// The TTL the tracker last answered with, s.
+    ttl_secs: u32,
+    /// Holders a lookup asks for: as many as the scheduler keeps per track.
+    lookup_limit: u16,
+    /// Per peer (by node index), its driver's state.
+    peers: Vec<PeerDriver>,
+    counters: RegistryCounters,
     /// Disk read latency, µs.
     read_us: u64,
 }
@@ -86,12 +296,19 @@ pub struct ShoalCores {
 impl ShoalCores {
     /// The core set for scenario `s` run with `seed`.
     pub fn new(s: &Scenario, seed: u64) -> Self {
+        let registry = RegistryConfig::default();
         Self {
             catalog: SynthCatalog::new(seed, s.catalog.track_duration_s, s.catalog.bitrate_kbps),
             origin_bps: (s.bandwidth.origin_mbps * 1e6 / 8.0) as u64,
             origins: Vec::new(),
             origin_tracks: Vec::new(),
-            need_peers: 0,
+            tracker: NodeId::from_index(u64::MAX),
+            ttl_secs: u32::try_from(registry.ttl.as_secs()).unwrap_or(u32::MAX),
+            registry,
+            lookup_limit: u16::try_from(PeerConfig::default().scheduler.max_peers_per_track)
+                .unwrap_or(u16::MAX),
+            peers: Vec::new(),
+            counters: RegistryCounters::default(),
             read_us: (s.cache.read_ms * 1000.0) as u64,
         }
     }
@@ -99,6 +316,104 @@ impl ShoalCores {
     fn origin_pos(&self, node: u32) -> Option<usize> {
         let id = NodeId::from_index(u64::from(node));
         self.origins.iter().position(|o| *o == id)
+    }
+
+    /// Records that `node`'s cache now holds (or lost) chunk `index` of `track`; queues the
+    /// announce change when the track becomes (or stops being) complete.
+    fn cache_changed(
+        &mut self,
+        node: u32,
+        track: u32,
+        index: u32,
+        on: bool,
+        feedback: &mut Vec<Feedback<Self>>,
+    ) {
+        let of = if on {
+            u32::try_from(self.catalog.track(track).chunks.len()).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        let held = match p.held.get_mut(&track) {
+            Some(h) => h,
+            None if on => p.held.entry(track).or_insert_with(|| Held::new(of)),
+            None => return,
+        };
+        if !held.set(index, on) {
+            return;
+        }
+        let complete = held.count == held.of;
+        if held.count == 0 {
+            p.held.remove(&track);
+        }
+        let changed = if complete {
+            p.complete.insert(track)
+        } else {
+            p.complete.remove(&track)
+        };
+        if !changed {
+            return;
+        }
+        if complete {
+            p.removed.remove(&track);
+            p.added.insert(track);
+        } else {
+            p.added.remove(&track);
+            p.removed.insert(track);
+        }
+        if p.online && !p.flush_pending {
+            p.flush_pending = true;
+            // At the same instant, after the rest of this batch of core events.
+            feedback.push(Feedback::Timer {
+                after_us: 0,
+                token: p.session << 2 | TIMER_FLUSH,
+            });
+        }
+    }
+
+    /// An announce from `node`: the full holding set (`replace`) or the pending changes.
+    fn announce(&mut self, node: u32, replace: bool, feedback: &mut Vec<Feedback<Self>>) {
+        let tracker = self.tracker;
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        let (tracks, removed): (Vec<u32>, Vec<u32>) = if replace {
+            (p.complete.iter().copied().collect(), Vec::new())
+        } else {
+            (
+                std::mem::take(&mut p.added).into_iter().collect(),
+                std::mem::take(&mut p.removed).into_iter().collect(),
+            )
+        };
+        if replace {
+            p.added.clear();
+            p.removed.clear();
+        } else if tracks.is_empty() && removed.is_empty() {
+            return;
+        }
+        let via = p.via.map(contact_of);
+        let region = Some(p.region.to_string());
+        // One message carries at most MAX_ANNOUNCE_TRACKS (8,192) tracks; no shipped scenario's
+        // cache comes near that (a client would split the set over several announces).
+        let keep = tracks.len().min(MAX_ANNOUNCE_TRACKS);
+        let ids = |v: &[u32], catalog: &mut SynthCatalog| -> Vec<TrackId> {
+            v.iter().map(|&t| catalog.track(t).id).collect()
+        };
+        let announce = Announce {
+            replace,
+            tracks: ids(&tracks[..keep], &mut self.catalog),
+            removed: ids(&removed, &mut self.catalog),
+            addrs: Vec::new(),
+            via,
+            region,
+        };
+        self.counters.announces += 1;
+        feedback.push(Feedback::Send {
+            to: tracker,
+            msg: SimMsg::Announce(announce),
+        });
     }
 }
 
@@ -116,6 +431,8 @@ impl Cores for ShoalCores {
         vec![
             "peer: shoal_peer::core::PeerCore (FetchScheduler + ChunkServer + CacheIndex)".into(),
             "origin: shoal_peer::core::ChunkServer over the synthetic catalog".into(),
+            "tracker: shoal_tracker::core::TrackerCore (PeerRegistry, default RegistryConfig)"
+                .into(),
         ]
     }
 
@@ -124,12 +441,21 @@ impl Cores for ShoalCores {
     }
 
     fn notes(&self) -> Vec<String> {
+        let c = self.counters;
         vec![
             format!(
-                "tracker core not integrated yet: the peers' {} holder lookups (NeedPeers) went \
-                 unanswered, so no peer learnt of another holder and bytes_by_source.peers is 0 \
-                 by construction, not by measurement of P2P",
-                self.need_peers
+                "tracker: {} holder lookups (NeedPeers) sent, {} answered ({} with no holder), \
+                 {} holders returned; {} announces sent, {} accepted, {} rejected; {} peers \
+                 expired from the registry (TTL {} s)",
+                c.need_peers,
+                c.lookups_answered,
+                c.lookups_empty,
+                c.holders_returned,
+                c.announces,
+                c.accepted,
+                c.rejected,
+                c.expired_peers,
+                self.registry.ttl.as_secs()
             ),
             "super-peer core not integrated yet: super-peers relay NATed traffic at the \
              transport level only (no index, no cache), so bytes_by_source.superpeers is 0"
@@ -145,14 +471,35 @@ impl Cores for ShoalCores {
         true
     }
 
-    fn wire_len(&self, msg: &ChunkMsg) -> u32 {
-        u32::try_from(msg.wire_len() + LENGTH_PREFIX_BYTES).unwrap_or(u32::MAX)
+    fn wire_len(&self, msg: &SimMsg) -> u32 {
+        // Registry messages: their real encoding (bincode, as the codec frames them).
+        let payload = match msg {
+            SimMsg::Chunk(m) => m.wire_len(),
+            SimMsg::Announce(a) => a.encode_payload().map_or(0, |b| b.len()),
+            SimMsg::Registry(RegistryMessage::Announce { announce, .. }) => {
+                announce.encode_payload().map_or(0, |b| b.len())
+            }
+            SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => {
+                a.encode_payload().map_or(0, |b| b.len())
+            }
+            SimMsg::Registry(RegistryMessage::Holders { track, limit }) => LookupRequest::Holders {
+                track: *track,
+                limit: *limit,
+            }
+            .encode_payload()
+            .map_or(0, |b| b.len()),
+            SimMsg::Registry(RegistryMessage::LookupResponse(r)) => {
+                r.encode_payload().map_or(0, |b| b.len())
+            }
+        };
+        u32::try_from(payload + LENGTH_PREFIX_BYTES).unwrap_or(u32::MAX)
     }
 
     fn spawn(&mut self, info: &NodeInfo<'_>) -> Option<SimNode> {
         if self.origins.is_empty() {
             self.origins = info.origins.to_vec();
             self.origin_tracks = vec![HashSet::new(); self.origins.len()];
+            self.tracker = info.tracker;
         }
         match info.role {
             Role::Peer => {
@@ -160,8 +507,18 @@ impl Cores for ShoalCores {
                 cfg.scheduler.cache.max_bytes = info.cache_bytes;
                 cfg.server.upload_rate = info.upload_cap_bps.max(1.0) as u64;
                 let mut core = PeerCore::new(cfg);
+                let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
+                if self.peers.len() <= node {
+                    self.peers.resize_with(node + 1, PeerDriver::default);
+                }
+                let mut driver = PeerDriver {
+                    via: info.superpeers.first().copied(),
+                    region: info.region.into(),
+                    ..PeerDriver::default()
+                };
                 // The disk cache as the listening history left it: manifests and chunks,
-                // oldest first (the core's LRU evicts what does not fit).
+                // oldest first (the core's LRU evicts what does not fit; the driver sees the
+                // evictions as events when the core is first drained).
                 let mut seen = HashSet::new();
                 for &t in info.history {
                     if !seen.insert(t) {
@@ -175,7 +532,8 @@ impl Cores for ShoalCores {
                             bytes: track.manifest.clone(),
                         })),
                     );
-                    for c in &track.chunks {
+                    let mut held = Held::new(u32::try_from(track.chunks.len()).unwrap_or(0));
+                    for (i, c) in track.chunks.iter().enumerate() {
                         core.handle_input(
                             Time::ZERO,
                             Input::Command(PeerCommand::Fetch(SchedulerCommand::CacheHas {
@@ -183,8 +541,14 @@ impl Cores for ShoalCores {
                                 len: c.len,
                             })),
                         );
+                        held.set(u32::try_from(i).unwrap_or(u32::MAX), true);
                     }
+                    if held.count == held.of {
+                        driver.complete.insert(t);
+                    }
+                    driver.held.insert(t, held);
                 }
+                self.peers[node] = driver;
                 let origin = info.origins.first().copied();
                 core.handle_input(
                     Time::ZERO,
@@ -205,31 +569,78 @@ impl Cores for ShoalCores {
                 };
                 Some(SimNode::Origin(Box::new(ChunkServer::new(cfg))))
             }
-            // Their cores have not landed: super-peers relay at the transport level only.
-            Role::SuperPeer | Role::Tracker => None,
+            Role::Tracker => TrackerCore::new(self.registry.clone())
+                .ok()
+                .map(|t| SimNode::Tracker(Box::new(t))),
+            // Its core has not landed: super-peers relay at the transport level only.
+            Role::SuperPeer => None,
         }
     }
 
-    fn commands(&mut self, _node: u32, action: Listen, out: &mut Vec<PeerCommand>) {
+    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
+        let fetch = |c| Feedback::Command(PeerCommand::Fetch(c));
         match action {
             Listen::SessionStart => {
                 if let Some(o) = self.origins.first() {
-                    out.push(PeerCommand::Fetch(SchedulerCommand::SetOrigin(Some(*o))));
+                    out.push(fetch(SchedulerCommand::SetOrigin(Some(*o))));
+                }
+                let renew_us = u64::from(self.ttl_secs) * 500_000;
+                let Some(p) = self.peers.get_mut(node as usize) else {
+                    return;
+                };
+                p.online = true;
+                p.session = p.session.wrapping_add(1) & (u32::MAX >> 2);
+                p.flush_pending = false;
+                let token = p.session << 2 | TIMER_RENEW;
+                // Joining: the whole holding set replaces whatever the tracker remembers.
+                self.announce(node, true, out);
+                out.push(Feedback::Timer {
+                    after_us: renew_us,
+                    token,
+                });
+            }
+            Listen::SessionEnd => {
+                out.push(fetch(SchedulerCommand::Stop));
+                if let Some(p) = self.peers.get_mut(node as usize) {
+                    p.online = false;
                 }
             }
-            Listen::SessionEnd => out.push(PeerCommand::Fetch(SchedulerCommand::Stop)),
             Listen::Play { track, next } => {
                 let id = self.catalog.track(track).id;
-                out.push(PeerCommand::Fetch(SchedulerCommand::Play {
+                out.push(fetch(SchedulerCommand::Play {
                     track: id,
                     position_ms: 0,
                 }));
-                out.push(PeerCommand::Fetch(SchedulerCommand::ClearQueue));
+                out.push(fetch(SchedulerCommand::ClearQueue));
                 if let Some(n) = next {
                     let nid = self.catalog.track(n).id;
-                    out.push(PeerCommand::Fetch(SchedulerCommand::Enqueue(nid)));
+                    out.push(fetch(SchedulerCommand::Enqueue(nid)));
                 }
             }
+        }
+    }
+
+    fn on_timer(&mut self, _now: Time, node: u32, token: u32, feedback: &mut Vec<Feedback<Self>>) {
+        let renew_us = u64::from(self.ttl_secs) * 500_000;
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        if !p.online || token >> 2 != p.session {
+            return;
+        }
+        match token & 3 {
+            TIMER_FLUSH => {
+                p.flush_pending = false;
+                self.announce(node, false, feedback);
+            }
+            TIMER_RENEW => {
+                self.announce(node, true, feedback);
+                feedback.push(Feedback::Timer {
+                    after_us: renew_us,
+                    token,
+                });
+            }
+            _ => self.announce(node, true, feedback),
         }
     }
 
@@ -237,10 +648,19 @@ impl Cores for ShoalCores {
         &mut self,
         _now: Time,
         node: u32,
-        event: PeerEvent,
+        event: SimEvent,
         stats: &mut PlaybackStats,
         feedback: &mut Vec<Feedback<Self>>,
     ) {
+        let event = match event {
+            SimEvent::Peer(e) => e,
+            SimEvent::Tracker(TrackerEvent::Expired { peers }) => {
+                self.counters.expired_peers += peers as u64;
+                return;
+            }
+            // Rejections are counted from the answers the peers receive.
+            SimEvent::Tracker(TrackerEvent::Rejected { .. }) => return,
+        };
         match event {
             PeerEvent::Fetch(SchedulerEvent::ReadCache { chunk, .. }) => {
                 let bytes = self.catalog.bytes_of_chunk(&chunk);
@@ -273,10 +693,36 @@ impl Cores for ShoalCores {
                     });
                 }
             }
-            PeerEvent::Fetch(SchedulerEvent::NeedPeers(_)) => self.need_peers += 1,
-            // Stored chunks and manifests, evictions: the synthetic disk regenerates bytes on
-            // demand, so there is nothing to write. Holder lookups (NeedPeers) wait for the
-            // tracker core.
+            PeerEvent::Fetch(SchedulerEvent::NeedPeers(track)) => {
+                // The driver asks the tracker (over the simulated network); the answer is
+                // turned into `Peers` in `on_deliver`.
+                self.counters.need_peers += 1;
+                feedback.push(Feedback::Send {
+                    to: self.tracker,
+                    msg: SimMsg::Registry(RegistryMessage::Holders {
+                        track,
+                        limit: self.lookup_limit,
+                    }),
+                });
+            }
+            // What the disk cache now holds, for announces (the synthetic disk regenerates
+            // bytes on demand, so there is nothing to write).
+            PeerEvent::Fetch(SchedulerEvent::ChunkReady {
+                track,
+                index,
+                store: true,
+                ..
+            }) => {
+                if let Some(t) = self.catalog.index_of(&track) {
+                    let index = u32::try_from(index).unwrap_or(u32::MAX);
+                    self.cache_changed(node, t, index, true, feedback);
+                }
+            }
+            PeerEvent::Fetch(SchedulerEvent::Evict(chunk)) => {
+                if let Some((t, index)) = self.catalog.locate(&chunk) {
+                    self.cache_changed(node, t, index, false, feedback);
+                }
+            }
             _ => {}
         }
     }
@@ -286,25 +732,25 @@ impl Cores for ShoalCores {
         _now: Time,
         _from: u32,
         to: u32,
-        msg: &ChunkMsg,
+        msg: &SimMsg,
         to_sender: &mut Vec<Feedback<Self>>,
         to_receiver: &mut Vec<Feedback<Self>>,
     ) {
         match msg {
             // The response reached its requester: the server's upload slot is free.
-            ChunkMsg::Response(
+            SimMsg::Chunk(ChunkMsg::Response(
                 ChunkResponse::Chunk { request, .. } | ChunkResponse::Manifest { request, .. },
-            ) => to_sender.push(Feedback::Command(PeerCommand::Serve(ServerCommand::Sent {
+            )) => to_sender.push(Feedback::Command(PeerCommand::Serve(ServerCommand::Sent {
                 to: NodeId::from_index(u64::from(to)),
                 request: *request,
             }))),
             // The origin store holds every track: register it with the origin's server the
             // first time it is asked about.
-            ChunkMsg::Request(
+            SimMsg::Chunk(ChunkMsg::Request(
                 ChunkRequest::GetManifest { track, .. }
                 | ChunkRequest::GetChunk { track, .. }
                 | ChunkRequest::QueryHave { track, .. },
-            ) => {
+            )) => {
                 let Some(pos) = self.origin_pos(to) else {
                     return;
                 };
@@ -329,6 +775,49 @@ impl Cores for ShoalCores {
                     })));
                 }
             }
+            // A holder lookup's answer: the holders, in the registry's order, as the
+            // scheduler's peer list.
+            SimMsg::Registry(RegistryMessage::LookupResponse(LookupResponse::Holders {
+                track,
+                holders,
+            })) => {
+                self.counters.lookups_answered += 1;
+                self.counters.holders_returned += holders.len() as u64;
+                if holders.is_empty() {
+                    self.counters.lookups_empty += 1;
+                }
+                let peers = holders
+                    .iter()
+                    .filter_map(|h| node_of(&h.peer))
+                    .map(|node| PeerInfo {
+                        node,
+                        superpeer: false,
+                        rtt_ms: None,
+                    })
+                    .collect();
+                to_receiver.push(Feedback::Command(PeerCommand::Fetch(
+                    SchedulerCommand::Peers {
+                        track: *track,
+                        peers,
+                    },
+                )));
+            }
+            SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => match a {
+                AnnounceResponse::Accepted { ttl_secs } => {
+                    self.counters.accepted += 1;
+                    self.ttl_secs = (*ttl_secs).max(2);
+                }
+                AnnounceResponse::Rejected { .. } => {
+                    self.counters.rejected += 1;
+                    if let Some(p) = self.peers.get(to as usize) {
+                        // Resynchronise with a full announce once the rate allows.
+                        to_receiver.push(Feedback::Timer {
+                            after_us: RETRY_US,
+                            token: p.session << 2 | TIMER_RETRY,
+                        });
+                    }
+                }
+            },
             _ => {}
         }
     }

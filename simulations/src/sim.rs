@@ -21,6 +21,7 @@ const NEXT_PLAY: u8 = 2;
 const SAMPLE: u8 = 3;
 const FAULT: u8 = 4;
 const FAULT_END: u8 = 5;
+const DRIVER_TIMER: u8 = 6;
 
 /// Per-node driver state besides its link: the core and its timer.
 #[derive(Debug)]
@@ -563,6 +564,17 @@ impl<C: Cores> World<C> {
                 let at = now + std::time::Duration::from_micros(after_us);
                 self.engine.schedule(at, Ev::Local { node, slot });
             }
+            Feedback::Timer { after_us, token } => {
+                let at = now + std::time::Duration::from_micros(after_us);
+                self.engine.schedule(
+                    at,
+                    Ev::App {
+                        node,
+                        kind: DRIVER_TIMER,
+                        aux: token,
+                    },
+                );
+            }
         }
     }
 
@@ -634,10 +646,10 @@ impl<C: Cores> World<C> {
     }
 
     fn command(&mut self, node: u32, action: Listen) {
-        let mut cmds = Vec::new();
-        self.cores.commands(node, action, &mut cmds);
-        for cmd in cmds {
-            self.apply(node, Feedback::Command(cmd));
+        let mut fb = Vec::new();
+        self.cores.commands(node, action, &mut fb);
+        for f in fb {
+            self.apply(node, f);
         }
     }
 
@@ -758,6 +770,16 @@ impl<C: Cores> World<C> {
                 );
             }
             FAULT | FAULT_END => self.fault(now, node as usize, kind == FAULT),
+            DRIVER_TIMER => {
+                if !self.links[node as usize].up {
+                    return;
+                }
+                let mut fb = Vec::new();
+                self.cores.on_timer(now, node, aux, &mut fb);
+                for f in fb {
+                    self.apply(node, f);
+                }
+            }
             _ => {}
         }
     }
@@ -797,18 +819,16 @@ impl<C: Cores> World<C> {
                 self.respawn(node);
             }
         }
-        if start {
-            if let Some(r) = f.restart_after_s {
-                let at = now + std::time::Duration::from_micros((r * 1e6) as u64);
-                self.engine.schedule(
-                    at,
-                    Ev::App {
-                        node: idx as u32,
-                        kind: FAULT_END,
-                        aux: 0,
-                    },
-                );
-            }
+        if start && let Some(r) = f.restart_after_s {
+            let at = now + std::time::Duration::from_micros((r * 1e6) as u64);
+            self.engine.schedule(
+                at,
+                Ev::App {
+                    node: idx as u32,
+                    kind: FAULT_END,
+                    aux: 0,
+                },
+            );
         }
     }
 
@@ -846,10 +866,11 @@ impl<C: Cores> World<C> {
             }
         }
         let share = self.s.listening.replay_share;
-        if share > 0.0 && self.listen_rng.chance(share) {
-            if let Some(t) = self.listeners[node as usize].replay(&mut self.listen_rng) {
-                return t;
-            }
+        if share > 0.0
+            && self.listen_rng.chance(share)
+            && let Some(t) = self.listeners[node as usize].replay(&mut self.listen_rng)
+        {
+            return t;
         }
         self.zipf.sample(&mut self.listen_rng) as u32 - 1
     }

@@ -237,7 +237,8 @@ fn small_real(seed: u64) -> shoal_sim::sim::RunOutput {
 }
 
 #[test]
-fn real_peer_core_run_is_deterministic_and_sane() {
+fn real_cores_run_is_deterministic_and_sane() {
+    // Peers, origin and tracker all run their real cores; P2P goes through the registry.
     let t = Instant::now();
     let a = small_real(8);
     assert!(t.elapsed() < Duration::from_secs(40), "{:?}", t.elapsed());
@@ -248,8 +249,15 @@ fn real_peer_core_run_is_deterministic_and_sane() {
         a.summary.time_to_first_audio_ms,
         b.summary.time_to_first_audio_ms
     );
+    assert_eq!(a.summary.notes, b.summary.notes);
+    assert_ne!(small_real(9).summary.trace_hash, a.summary.trace_hash);
     let sm = &a.summary;
-    assert_eq!(sm.cores.len(), 2, "{:?}", sm.cores);
+    assert_eq!(sm.cores.len(), 3, "{:?}", sm.cores);
+    assert!(
+        sm.cores.iter().any(|c| c.contains("TrackerCore")),
+        "{:?}",
+        sm.cores
+    );
     // Playback statistics are measured from the peer core's events.
     let lat = sm.time_to_first_audio_ms.expect("plays started");
     assert!(
@@ -266,12 +274,21 @@ fn real_peer_core_run_is_deterministic_and_sane() {
         "{sh:?}"
     );
     assert!(sh.origin > 0.0 && sh.cache > 0.0, "{sh:?}");
+    // Peers learnt of holders from the tracker and fetched from them.
+    assert!(sh.peers > 0.05, "{sh:?}");
     assert!(sm.origin_egress_peak_mbps.expect("origin served") > 0.0);
+    let tracker = sm
+        .notes
+        .iter()
+        .find(|n| n.starts_with("tracker:"))
+        .expect("tracker note");
+    assert!(!tracker.contains(" 0 answered"), "{tracker}");
+    assert!(tracker.contains(" 0 rejected"), "{tracker}");
     // What is not integrated is said, not hidden.
     assert!(
         sm.notes
             .iter()
-            .any(|n| n.contains("tracker core not integrated"))
+            .any(|n| n.contains("super-peer core not integrated"))
     );
 }
 

@@ -116,7 +116,7 @@ impl DiskCache {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
-        if lock.try_lock().is_err() {
+        if fs4::FileExt::try_lock(&lock).is_err() {
             return Err(CacheError::Locked(root));
         }
         let max_bytes = match max_bytes {

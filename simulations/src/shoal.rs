@@ -239,6 +239,9 @@ impl Held {
 
     /// Sets or clears chunk `i`; true when that changed anything.
     fn set(&mut self, i: u32, on: bool) -> bool {
+        if i >= self.of {
+            return false;
+        }
         let (w, b) = ((i / 64) as usize, 1u64 << (i % 64));
         let Some(word) = self.bits.get_mut(w) else {
             return false;
@@ -820,5 +823,81 @@ impl Cores for ShoalCores {
             },
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announce(tracks: Vec<TrackId>, via: u64, region: &str) -> SimMsg {
+        SimMsg::Announce(Announce {
+            replace: true,
+            tracks,
+            removed: Vec::new(),
+            addrs: Vec::new(),
+            via: Some(contact_of(NodeId::from_index(via))),
+            region: Some(region.into()),
+        })
+    }
+
+    #[test]
+    fn holders_map_back_to_simulator_ids_and_rank_by_cluster() {
+        let mut tracker = SimNode::Tracker(Box::new(
+            TrackerCore::new(RegistryConfig::default()).expect("valid"),
+        ));
+        let t = TrackId::of(b"track");
+        let send = |node: &mut SimNode, at: u64, from: u64, msg: SimMsg| {
+            node.handle_input(
+                Time::from_millis(at),
+                Input::Message {
+                    from: NodeId::from_index(from),
+                    msg,
+                },
+            );
+            let mut out = Vec::new();
+            while let Output::Send { to, msg } = node.poll_output() {
+                out.push((to, msg));
+            }
+            out
+        };
+        // Holders 1 and 2 behind super-peer 100 (2 announced later, so ranks first among
+        // equals); 3 behind super-peer 101 in another region; the asker 4 behind 101.
+        send(&mut tracker, 0, 1, announce(vec![t], 100, "SE"));
+        send(&mut tracker, 1, 2, announce(vec![t], 100, "SE"));
+        send(&mut tracker, 2, 3, announce(vec![t], 101, "GB"));
+        send(&mut tracker, 3, 4, announce(vec![], 101, "SE"));
+        let out = send(
+            &mut tracker,
+            4,
+            4,
+            SimMsg::Registry(RegistryMessage::Holders {
+                track: t,
+                limit: 16,
+            }),
+        );
+        let [(to, SimMsg::Registry(RegistryMessage::LookupResponse(r)))] = &out[..] else {
+            panic!("{out:?}");
+        };
+        assert_eq!(*to, NodeId::from_index(4));
+        let LookupResponse::Holders { holders, .. } = r else {
+            panic!("{r:?}");
+        };
+        let nodes: Vec<NodeId> = holders.iter().filter_map(|h| node_of(&h.peer)).collect();
+        // Same cluster first, then same region (most recent first), never the asker.
+        assert_eq!(nodes, [3, 2, 1].map(NodeId::from_index));
+    }
+
+    #[test]
+    fn held_bitmap_counts_each_chunk_once() {
+        let mut h = Held::new(70);
+        assert!(h.set(0, true));
+        assert!(!h.set(0, true));
+        assert!(h.set(69, true));
+        assert!(!h.set(70, true), "out of range");
+        assert_eq!(h.count, 2);
+        assert!(h.set(0, false));
+        assert!(!h.set(0, false));
+        assert_eq!(h.count, 1);
     }
 }

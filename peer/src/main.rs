@@ -43,6 +43,21 @@ enum Command {
         /// The track (64 hex digits, as `shoal-tracker import` prints).
         track: TrackId,
     },
+    /// Search the tracker's catalog; prints TrackId, title, artist, album and duration.
+    Search {
+        /// The tracker's HTTP API.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:7700")]
+        tracker: String,
+        /// Most results.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        /// Print the hits as a JSON list.
+        #[arg(long)]
+        json: bool,
+        /// Words to search for (prefixes match: "aberr" finds "Aberrations").
+        #[arg(required = true, value_name = "QUERY")]
+        query: Vec<String>,
+    },
     /// Show or clear the local chunk cache.
     Cache {
         /// Cache directory [default: $XDG_CACHE_HOME/shoal or ~/.cache/shoal].
@@ -81,6 +96,39 @@ fn run(cli: Cli) -> Result<()> {
             json,
             track,
         } => play_local(&data, &output, start, json, track),
+        Command::Search {
+            tracker,
+            limit,
+            json,
+            query,
+        } => {
+            let client = shoal_peer::net::origin::OriginClient::new(&tracker)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let hits = runtime.block_on(client.search(&query.join(" "), limit))?;
+            if json {
+                let list: Vec<_> = hits
+                    .iter()
+                    .map(|h| serde_json::json!({"id": h.id, "title": h.title, "artist": h.artist, "album": h.album, "duration_ms": h.duration_ms}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else if hits.is_empty() {
+                eprintln!("no tracks match {:?}", query.join(" "));
+            }
+            if !json {
+                for h in &hits {
+                    let s = h.duration_ms / 1000;
+                    let by = [h.artist.as_deref(), h.album.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(" — ");
+                    println!("{}  {}  {}:{:02}  {by}", h.id, h.title, s / 60, s % 60);
+                }
+            }
+            Ok(())
+        }
         Command::Cache { cache, action } => {
             let dir = cache.or_else(shoal_peer::net::cache::default_dir).context(
                 "no cache directory: pass --cache DIR (neither XDG_CACHE_HOME nor HOME is set)",

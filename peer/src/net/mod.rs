@@ -2,6 +2,7 @@
 //! frames, writes and timers. It decides nothing.
 
 pub mod cache;
+pub mod origin;
 pub mod stats;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).

@@ -811,10 +811,11 @@ impl PrivateS3 {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Owned by the guard from here on: dropped (killed and reaped) on every path.
+        let s3 = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self { child, endpoint });
+                return Some(s3);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -812,7 +812,10 @@ impl PrivateS3 {
             .spawn()
             .unwrap();
         // Owned by the guard from here on: dropped (killed and reaped) on every path.
-        let s3 = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let s3 = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Some(s3);

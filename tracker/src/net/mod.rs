@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod config;
 pub mod http;
 pub mod origin;
+pub mod p2p;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).
 pub fn init_logging() {

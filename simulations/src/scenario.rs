@@ -227,6 +227,8 @@ pub struct Scenario {
     pub listening: ListeningSection,
     /// Per-peer cache.
     pub cache: CacheSection,
+    /// The tracker's registry thresholds.
+    pub tracker: TrackerSection,
     /// Failures injected at given times (`[[faults]]`).
     pub faults: Vec<Fault>,
 }
@@ -560,6 +562,23 @@ impl Default for CacheSection {
     }
 }
 
+/// `[tracker]`: thresholds of the tracker's peer registry (the policy is
+/// `shoal_tracker::core::PeerRegistry`'s; anything not set here is its `RegistryConfig`
+/// default, what a deployed tracker runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerSection {
+    /// How long a listing lives without a renewing announce, s (default 600, the registry's
+    /// default). Peers that quit stay listed this long.
+    pub ttl_s: f64,
+}
+
+impl Default for TrackerSection {
+    fn default() -> Self {
+        Self { ttl_s: 600.0 }
+    }
+}
+
 /// A failure injected at a time (`[[faults]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -866,6 +885,16 @@ pub fn validate(s: &Scenario) -> Check {
     prob(li.replay_share, "listening.replay_share")?;
     dist(&s.cache.size_mb, "cache.size_mb")?;
     non_negative(s.cache.read_ms, "cache.read_ms")?;
+    need(
+        s.tracker.ttl_s.is_finite() && s.tracker.ttl_s >= 1.0 && s.tracker.ttl_s <= 4.0e9,
+        "tracker.ttl_s",
+        || {
+            format!(
+                "must be between 1 s and 4e9 s (the registry's limits; got {})",
+                s.tracker.ttl_s
+            )
+        },
+    )?;
     for (i, f) in s.faults.iter().enumerate() {
         let k = format!("faults[{i}]");
         need(
@@ -1110,6 +1139,13 @@ mod tests {
         assert!(e.contains("catalog.zipf_alpha") && e.contains("> 0"), "{e}");
         let e = err("[catalog]\nzipf_alpha = -1.5\n", &[]);
         assert!(e.starts_with("bad.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn tracker_ttl_must_be_usable() {
+        let e = err("[tracker]\nttl_s = 0.5\n", &[]);
+        assert!(e.starts_with("bad.toml:2:"), "{e}");
+        assert!(e.contains("tracker.ttl_s"), "{e}");
     }
 
     #[test]

@@ -299,7 +299,10 @@ pub struct ShoalCores {
 impl ShoalCores {
     /// The core set for scenario `s` run with `seed`.
     pub fn new(s: &Scenario, seed: u64) -> Self {
-        let registry = RegistryConfig::default();
+        let registry = RegistryConfig {
+            ttl: std::time::Duration::from_secs(s.tracker.ttl_s as u64),
+            ..RegistryConfig::default()
+        };
         Self {
             catalog: SynthCatalog::new(seed, s.catalog.track_duration_s, s.catalog.bitrate_kbps),
             origin_bps: (s.bandwidth.origin_mbps * 1e6 / 8.0) as u64,
@@ -434,7 +437,7 @@ impl Cores for ShoalCores {
         vec![
             "peer: shoal_peer::core::PeerCore (FetchScheduler + ChunkServer + CacheIndex)".into(),
             "origin: shoal_peer::core::ChunkServer over the synthetic catalog".into(),
-            "tracker: shoal_tracker::core::TrackerCore (PeerRegistry, default RegistryConfig)"
+            "tracker: shoal_tracker::core::TrackerCore (PeerRegistry; RegistryConfig defaults but ttl)"
                 .into(),
         ]
     }

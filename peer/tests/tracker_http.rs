@@ -75,6 +75,8 @@ fn tracker_with_music() -> Tracker {
             data.to_str().unwrap(),
             "--http",
             "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ use shoal_tracker::net::catalog::Catalog;
 use shoal_tracker::net::config::TrackerConfig;
 use shoal_tracker::net::http::{AppState, HttpLimits, router};
 use shoal_tracker::net::origin::{Origin, OriginStore};
+use shoal_tracker::net::p2p::P2pConfig;
 use shoal_tracker::store::{CommitOutcome, LocalStore};
 
 /// Catalog, peer registry and origin store of a Shoal network.
@@ -72,6 +73,10 @@ enum Command {
         /// HTTP address to listen on [default: 0.0.0.0:7700].
         #[arg(long, value_name = "ADDR")]
         http: Option<SocketAddr>,
+        /// libp2p address for /shoal/announce/1 and /shoal/lookup/1, repeatable
+        /// [default: /ip4/0.0.0.0/udp/7701/quic-v1 and /ip4/0.0.0.0/tcp/7701].
+        #[arg(long, value_name = "MULTIADDR")]
+        listen: Vec<libp2p::Multiaddr>,
     },
 }
 
@@ -180,8 +185,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let opened = open(storage, &config).await?;
             import_command(&opened, &options, &files).await
         }
-        Command::Serve { storage, http } => {
+        Command::Serve {
+            storage,
+            http,
+            listen,
+        } => {
+            let data = storage.data.clone().or_else(|| config.data.clone());
             let opened = open(storage, &config).await?;
+            let mut p2p_config = P2pConfig::new(data.as_deref().unwrap_or(opened.local.root()));
+            let listen = if listen.is_empty() {
+                config.listen.clone()
+            } else {
+                listen
+            };
+            if !listen.is_empty() {
+                p2p_config.listen = listen;
+            }
             let addr = http
                 .or(config.http.listen)
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7700)));
@@ -192,22 +211,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(b) = config.http.burst {
                 limits.burst = b;
             }
-            serve(opened, addr, limits).await?;
+            serve(opened, addr, limits, p2p_config).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn serve(opened: Opened, addr: SocketAddr, limits: HttpLimits) -> Result<()> {
+async fn serve(
+    opened: Opened,
+    addr: SocketAddr,
+    limits: HttpLimits,
+    p2p_config: P2pConfig,
+) -> Result<()> {
     let tracks = opened.catalog.count().await?;
+    let p2p = shoal_tracker::net::p2p::start(p2p_config, opened.catalog.clone())
+        .await
+        .context("cannot start the libp2p endpoint")?;
     let state = AppState::new(opened.catalog, opened.origin, limits);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, tracks, "serving the HTTP API");
-    // The bound address on stdout: scripts and tests started with port 0 read it here.
+    // The bound address on stdout, first: scripts and tests started with port 0 read it here.
     println!("listening on http://{local}");
+    // stdout carries only that line (readers may close the pipe after it); the rest is logged.
+    let addrs: Vec<String> = p2p.dial_addrs().iter().map(ToString::to_string).collect();
+    tracing::info!(peer_id = %p2p.peer_id(), addrs = %addrs.join(" "), "libp2p announce/lookup endpoint up");
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -118,7 +118,14 @@ fn serve(storage: &Storage, extra: &[&str]) -> Server {
         Command::new(BIN)
             .arg("serve")
             .args(storage.args())
-            .args(["--http", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
             .args(extra),
     )
     .stdout(Stdio::piped())
@@ -486,6 +493,8 @@ fn unreachable_database_or_store_at_startup_is_a_clear_error() {
             "postgres://postgres@127.0.0.1:9/x",
             "--http",
             "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .env("RUST_LOG", "off")
         .output()
@@ -505,6 +514,8 @@ fn unreachable_database_or_store_at_startup_is_a_clear_error() {
             "s3://nobucket",
             "--http",
             "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         .env("AWS_ALLOW_HTTP", "true")
@@ -879,7 +890,14 @@ async fn s3_down_while_serving_gives_503_then_recovers() {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(storage.args())
-        .args(["--http", "127.0.0.1:0"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
         .stdout(Stdio::piped());
     env(&mut cmd);
     let mut child = cmd.spawn().unwrap();

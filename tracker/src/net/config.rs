@@ -17,6 +17,10 @@ pub struct TrackerConfig {
     /// Origin store URL (`--store`): `s3://BUCKET[/PREFIX]` (AWS_* variables configure the
     /// endpoint and credentials). Default: the data directory.
     pub store: Option<String>,
+    /// libp2p addresses for announce and lookup (`--listen`, repeatable); default QUIC and
+    /// TCP on port 7701.
+    #[serde(default)]
+    pub listen: Vec<libp2p::Multiaddr>,
     /// `[http]`: the HTTP API.
     #[serde(default)]
     pub http: HttpConfig,

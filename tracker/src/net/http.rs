@@ -37,6 +37,9 @@ pub struct HttpLimits {
     pub max_body_bytes: usize,
     /// Client IPs tracked by the rate limiter before the idlest are forgotten (default 100,000).
     pub max_clients: usize,
+    /// Memory for recently served, already verified chunks (default 64 MiB; 0 disables): a hit
+    /// skips the disk read and the re-verification.
+    pub hot_cache_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -47,6 +50,7 @@ impl Default for HttpLimits {
             max_query_bytes: 256,
             max_body_bytes: 4096,
             max_clients: 100_000,
+            hot_cache_bytes: 64 << 20,
         }
     }
 }
@@ -77,17 +81,52 @@ pub struct AppState {
     pub metrics: Metrics,
     limits: HttpLimits,
     buckets: std::sync::Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    hot: std::sync::Mutex<HotChunks>,
+}
+
+/// Recently served chunks, verified when they were loaded, least recently used evicted first.
+#[derive(Debug)]
+struct HotChunks {
+    lru: lru::LruCache<ChunkId, Bytes>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl HotChunks {
+    fn get(&mut self, id: &ChunkId) -> Option<Bytes> {
+        self.lru.get(id).cloned()
+    }
+
+    fn put(&mut self, id: ChunkId, bytes: Bytes) {
+        if bytes.len() > self.max_bytes || self.lru.contains(&id) {
+            return;
+        }
+        self.bytes += bytes.len();
+        self.lru.put(id, bytes);
+        while self.bytes > self.max_bytes {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 impl AppState {
     /// State for a server over `catalog` and `origin`.
     pub fn new(catalog: Catalog, origin: Origin, limits: HttpLimits) -> Arc<Self> {
+        let hot = HotChunks {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            max_bytes: limits.hot_cache_bytes,
+        };
         Arc::new(Self {
             catalog,
             origin,
             metrics: Metrics::default(),
             limits,
             buckets: Default::default(),
+            hot: std::sync::Mutex::new(hot),
         })
     }
 
@@ -430,14 +469,24 @@ async fn chunk(
     if not_modified(&headers, &hex) {
         return Ok((StatusCode::NOT_MODIFIED, immutable(&hex)).into_response());
     }
-    let bytes = state.origin.get_chunk(&id).await.inspect_err(|e| {
-        if matches!(e, OriginError::Corrupt { .. }) {
-            state
-                .metrics
-                .corrupt_objects
-                .fetch_add(1, Ordering::Relaxed);
+    let hot = state.hot.lock().ok().and_then(|mut h| h.get(&id));
+    let bytes = match hot {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = state.origin.get_chunk(&id).await.inspect_err(|e| {
+                if matches!(e, OriginError::Corrupt { .. }) {
+                    state
+                        .metrics
+                        .corrupt_objects
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            })?;
+            if let Ok(mut h) = state.hot.lock() {
+                h.put(id, bytes.clone());
+            }
+            bytes
         }
-    })?;
+    };
     state.metrics.chunks_served.fetch_add(1, Ordering::Relaxed);
     state
         .metrics
@@ -582,6 +631,27 @@ mod tests {
         assert_eq!(parse_range("bytes=x-y", 1000), Err(()));
         assert_eq!(parse_range("bytes=0-1,5-6", 1000), Ok(None));
         assert_eq!(parse_range("items=0-1", 1000), Ok(None));
+    }
+
+    #[test]
+    fn hot_chunks_stay_within_their_budget() {
+        let mut h = HotChunks {
+            lru: lru::LruCache::unbounded(),
+            bytes: 0,
+            max_bytes: 250,
+        };
+        let id = |i: u8| ChunkId::of(&[i]);
+        for i in 0..3 {
+            h.put(id(i), Bytes::from(vec![i; 100]));
+        }
+        assert_eq!(h.bytes, 200);
+        assert!(h.get(&id(0)).is_none(), "oldest evicted");
+        assert_eq!(h.get(&id(2)).unwrap()[0], 2);
+        h.put(id(9), Bytes::from(vec![0; 1000]));
+        assert!(
+            h.get(&id(9)).is_none(),
+            "larger than the whole budget: not kept"
+        );
     }
 
     #[test]

@@ -6,16 +6,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 cargo build --release -q -p shoal-tracker -p shoal-peer
+bin=${CARGO_TARGET_DIR:-target}/release
 
 data=${SHOAL_DATA:-target/demo-data}
 out=${SHOAL_OUT:-target/demo.wav}
 if [ $# -eq 0 ]; then set -- /usr/share/games/singularity/music; fi
+mkdir -p target
 
 echo "== importing $* into $data"
-target/release/shoal-tracker import --data "$data" "$@" | tee target/demo-import.txt || true
+"$bin/shoal-tracker" import --data "$data" "$@" | tee target/demo-import.txt || true
 id=$(grep -Eo '^[0-9a-f]{64}' target/demo-import.txt | head -1)
 if [ -z "$id" ]; then echo "nothing was imported" >&2; exit 1; fi
 
 echo "== playing $id to $out"
-target/release/shoal-peer play --data "$data" "$id" --output "$out" --json
+"$bin/shoal-peer" play --data "$data" "$id" --output "$out" --json
 echo "== wrote $out ($(du -h "$out" | cut -f1)); play it with any audio player, or: shoal-peer play --data $data $id --output device"

@@ -117,41 +117,34 @@ impl OriginClient {
         })
     }
 
+    /// The body of `GET path` (unverified: callers verify).
+    async fn get_bytes(&self, path: &str, what: &str) -> Result<Vec<u8>, OriginError> {
+        let r = self.get(path, what).await?;
+        let bytes = r.bytes().await.map_err(|e| OriginError::Http {
+            url: format!("{}{path}", self.base),
+            reason: e.to_string(),
+        })?;
+        Ok(bytes.to_vec())
+    }
+
     /// A track's manifest, verified against its id.
     pub async fn manifest(&self, track: &TrackId) -> Result<(Manifest, Vec<u8>), OriginError> {
-        let r = self
-            .get(&format!("/manifests/{track}"), &format!("track {track}"))
+        let what = format!("track {track}");
+        let bytes = self
+            .get_bytes(&format!("/manifests/{track}"), &what)
             .await?;
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| OriginError::Http {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?
-            .to_vec();
         if !track.matches(&bytes) {
-            return Err(OriginError::Corrupt(format!("track {track}")));
+            return Err(OriginError::Corrupt(what));
         }
-        let m =
-            Manifest::decode(&bytes).map_err(|_| OriginError::Corrupt(format!("track {track}")))?;
+        let m = Manifest::decode(&bytes).map_err(|_| OriginError::Corrupt(what))?;
         Ok((m, bytes))
     }
 
     /// A chunk's bytes, verified against its id.
     pub async fn chunk(&self, id: &ChunkId) -> Result<Vec<u8>, OriginError> {
-        let r = self
-            .get(&format!("/chunks/{id}"), &format!("chunk {id}"))
-            .await?;
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| OriginError::Http {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?
-            .to_vec();
-        verify(&bytes, id).map_err(|_| OriginError::Corrupt(format!("chunk {id}")))?;
+        let what = format!("chunk {id}");
+        let bytes = self.get_bytes(&format!("/chunks/{id}"), &what).await?;
+        verify(&bytes, id).map_err(|_| OriginError::Corrupt(what))?;
         Ok(bytes)
     }
 }

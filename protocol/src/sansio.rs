@@ -93,6 +93,28 @@ pub enum Input<M, C> {
     Command(C),
 }
 
+impl<M, C> Input<M, C> {
+    /// Re-types an input for an inner core: messages through `msg` (which also sees the
+    /// sender), commands through `cmd`; `None` from either drops the input. Connection events
+    /// and timeouts pass unchanged. Drivers and wrappers that host several cores use this.
+    pub fn filter_map<M2, C2>(
+        self,
+        msg: impl FnOnce(NodeId, M) -> Option<M2>,
+        cmd: impl FnOnce(C) -> Option<C2>,
+    ) -> Option<Input<M2, C2>> {
+        Some(match self {
+            Input::Message { from, msg: m } => Input::Message {
+                from,
+                msg: msg(from, m)?,
+            },
+            Input::Connected(n) => Input::Connected(n),
+            Input::Disconnected(n) => Input::Disconnected(n),
+            Input::Timeout => Input::Timeout,
+            Input::Command(c) => Input::Command(cmd(c)?),
+        })
+    }
+}
+
 /// Something a core wants done.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output<M, E> {
@@ -210,6 +232,23 @@ mod tests {
         assert_eq!(t - Time::from_millis(2000), Duration::ZERO);
         assert_eq!(Time::NEVER + Duration::from_secs(1), Time::NEVER);
         assert_eq!(format!("{t:?}"), "1.500000s");
+    }
+
+    #[test]
+    fn inputs_re_type_for_inner_cores() {
+        let a = NodeId::from_index(3);
+        let keep = |_: NodeId, m: u32| (m > 1).then_some(m * 10);
+        let msg: Input<u32, u8> = Input::Message { from: a, msg: 2 };
+        assert_eq!(
+            msg.filter_map(keep, Some),
+            Some(Input::<u32, u8>::Message { from: a, msg: 20 })
+        );
+        let dropped: Input<u32, u8> = Input::Message { from: a, msg: 1 };
+        assert_eq!(dropped.filter_map(keep, Some), None);
+        let cmd: Input<u32, u8> = Input::Command(7);
+        assert_eq!(cmd.filter_map(keep, |_| None::<u8>), None);
+        let t: Input<u32, u8> = Input::Disconnected(a);
+        assert_eq!(t.filter_map(keep, Some), Some(Input::Disconnected(a)));
     }
 
     #[test]

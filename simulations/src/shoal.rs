@@ -104,61 +104,40 @@ impl Core for SimNode {
     fn handle_input(&mut self, now: Time, input: Input<SimMsg, PeerCommand>) {
         match self {
             SimNode::Peer(c) => {
-                let input = match input {
-                    Input::Message {
-                        from,
-                        msg: SimMsg::Chunk(msg),
-                    } => Input::Message { from, msg },
-                    // Registry answers are handled by the driver (`on_deliver`).
-                    Input::Message { .. } => return,
-                    Input::Connected(n) => Input::Connected(n),
-                    Input::Disconnected(n) => Input::Disconnected(n),
-                    Input::Timeout => Input::Timeout,
-                    Input::Command(c) => Input::Command(c),
+                // Registry answers are handled by the driver (`on_deliver`).
+                let chunk = |_, m| match m {
+                    SimMsg::Chunk(m) => Some(m),
+                    _ => None,
                 };
-                c.handle_input(now, input);
+                if let Some(input) = input.filter_map(chunk, Some) {
+                    c.handle_input(now, input);
+                }
             }
             SimNode::Origin(s) => {
-                let input = match input {
-                    Input::Message {
-                        from,
-                        msg: SimMsg::Chunk(msg),
-                    } => Input::Message { from, msg },
-                    Input::Message { .. } => return,
-                    Input::Connected(n) => Input::Connected(n),
-                    Input::Disconnected(n) => Input::Disconnected(n),
-                    Input::Timeout => Input::Timeout,
-                    Input::Command(PeerCommand::Serve(c)) => Input::Command(c),
-                    Input::Command(PeerCommand::Fetch(_)) => return,
+                let chunk = |_, m| match m {
+                    SimMsg::Chunk(m) => Some(m),
+                    _ => None,
                 };
-                s.handle_input(now, input);
+                let serve = |c| match c {
+                    PeerCommand::Serve(c) => Some(c),
+                    PeerCommand::Fetch(_) => None,
+                };
+                if let Some(input) = input.filter_map(chunk, serve) {
+                    s.handle_input(now, input);
+                }
             }
             SimNode::Tracker(t) => {
-                let input = match input {
-                    Input::Message {
-                        from,
-                        msg: SimMsg::Announce(announce),
-                    } => Input::Message {
-                        from,
-                        msg: RegistryMessage::Announce {
-                            announce,
-                            contact: contact_of(from),
-                        },
-                    },
-                    Input::Message {
-                        from,
-                        msg: SimMsg::Registry(msg),
-                    } => Input::Message { from, msg },
-                    Input::Message {
-                        msg: SimMsg::Chunk(_),
-                        ..
-                    }
-                    | Input::Command(_) => return,
-                    Input::Connected(n) => Input::Connected(n),
-                    Input::Disconnected(n) => Input::Disconnected(n),
-                    Input::Timeout => Input::Timeout,
+                let registry = |from, m| match m {
+                    SimMsg::Announce(announce) => Some(RegistryMessage::Announce {
+                        announce,
+                        contact: contact_of(from),
+                    }),
+                    SimMsg::Registry(msg) => Some(msg),
+                    SimMsg::Chunk(_) => None,
                 };
-                t.handle_input(now, input);
+                if let Some(input) = input.filter_map(registry, |_| None) {
+                    t.handle_input(now, input);
+                }
             }
         }
     }

@@ -52,12 +52,16 @@ pub struct SynthCatalog {
     by_chunk: HashMap<ChunkId, (u32, u32)>,
     /// Random filler shared by all chunks (64 KiB, from the seed).
     block: Vec<u8>,
+    /// Payloads carry 1/scale of the bytes they model (`catalog.payload_scale`).
+    scale: u32,
 }
 
 impl SynthCatalog {
-    /// A catalog whose track durations follow `duration` (seconds) at `bitrate_kbps`.
-    pub fn new(seed: u64, duration: Dist, bitrate_kbps: f64) -> Self {
+    /// A catalog whose track durations follow `duration` (seconds) at `bitrate_kbps`, with
+    /// payloads `scale` times smaller than the bytes they model.
+    pub fn new(seed: u64, duration: Dist, bitrate_kbps: f64, scale: u32) -> Self {
         Self {
+            scale: scale.max(1),
             seed,
             duration,
             bytes_per_s: bitrate_kbps * 1000.0 / 8.0,
@@ -102,6 +106,20 @@ impl SynthCatalog {
         v
     }
 
+    /// Payload bytes of a chunk that models `modelled` bytes: `modelled / scale`, rounded,
+    /// never below the 17 bytes that make its id unique.
+    pub fn payload_len(&self, modelled: u32) -> u32 {
+        if self.scale == 1 {
+            return modelled;
+        }
+        ((f64::from(modelled) / f64::from(self.scale)).round() as u32).max(17)
+    }
+
+    /// Payloads carry 1/`scale()` of the bytes they model.
+    pub fn scale(&self) -> u32 {
+        self.scale
+    }
+
     /// Track `track`, materialised on first use (hashes all its chunks once).
     pub fn track(&mut self, track: u32) -> Rc<SynthTrack> {
         if let Some(t) = self.tracks.get(&track) {
@@ -119,8 +137,9 @@ impl SynthCatalog {
             }
             .min(dur_ms - done_ms);
             let samples = (ms * u64::from(SAMPLE_RATE) / 1000).max(1) as u32;
-            let len =
+            let modelled =
                 ((self.bytes_per_s * ms as f64 / 1000.0) as u32).clamp(64, MAX_CHUNK_BYTES as u32);
+            let len = self.payload_len(modelled);
             let index = chunks.len() as u32;
             let id = ChunkId::of(&self.chunk_bytes(track, index, len));
             chunks.push(ChunkInfo {
@@ -185,6 +204,33 @@ mod tests {
 
     #[test]
     fn manifests_are_valid_and_chunks_hash_to_their_ids() {
+        for scale in [1, 64] {
+            valid_at_scale(scale);
+        }
+    }
+
+    #[test]
+    fn scaled_payloads_model_the_same_bytes() {
+        let d = Dist::Lognormal {
+            mu: 225f64.ln(),
+            sigma: 0.3,
+        };
+        let mut full = SynthCatalog::new(5, d, 160.0, 1);
+        let mut tiny = SynthCatalog::new(5, d, 160.0, 64);
+        let (a, b) = (full.track(3), tiny.track(3));
+        assert_eq!(a.chunks.len(), b.chunks.len(), "same chunk layout");
+        for (x, y) in a.chunks.iter().zip(&b.chunks) {
+            assert_eq!((x.start, x.samples), (y.start, y.samples));
+            if x.len < 17 * 64 {
+                assert_eq!(y.len, 17, "the shortest payload that stays unique");
+                continue;
+            }
+            let modelled = f64::from(y.len) * 64.0;
+            assert!((modelled - f64::from(x.len)).abs() <= 32.0, "{x:?} {y:?}");
+        }
+    }
+
+    fn valid_at_scale(scale: u32) {
         let mut c = SynthCatalog::new(
             5,
             Dist::Lognormal {
@@ -192,6 +238,7 @@ mod tests {
                 sigma: 0.3,
             },
             160.0,
+            scale,
         );
         for track in [0u32, 1, 77, 99_999] {
             let t = c.track(track);

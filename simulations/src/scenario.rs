@@ -475,6 +475,12 @@ pub struct CatalogSection {
     pub bitrate_kbps: f64,
     /// New releases: tracks that become hot suddenly (`[[catalog.releases]]`).
     pub releases: Vec<Release>,
+    /// Chunk payloads carry `1/payload_scale` of the bytes they model (default 64). The wire
+    /// model still charges the modelled size, and every byte-valued threshold handed to the
+    /// cores (cache size, upload rate and burst, initial rate estimates) is divided by the
+    /// same factor, so the cores decide in consistent units while hashing and copying 64×
+    /// less. Statistics are scaled back. 1 = real-size payloads (exact, slow).
+    pub payload_scale: u32,
 }
 
 impl Default for CatalogSection {
@@ -488,6 +494,7 @@ impl Default for CatalogSection {
             },
             bitrate_kbps: 160.0,
             releases: Vec::new(),
+            payload_scale: 64,
         }
     }
 }
@@ -860,6 +867,11 @@ pub fn validate(s: &Scenario) -> Check {
     )?;
     dist(&c.track_duration_s, "catalog.track_duration_s")?;
     positive(c.bitrate_kbps, "catalog.bitrate_kbps")?;
+    need(
+        (1..=1024).contains(&c.payload_scale),
+        "catalog.payload_scale",
+        || format!("must be 1..=1024 (got {})", c.payload_scale),
+    )?;
     for (i, r) in c.releases.iter().enumerate() {
         let k = format!("catalog.releases[{i}]");
         non_negative(r.at_s, &format!("{k}.at_s"))?;

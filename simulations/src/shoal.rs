@@ -273,6 +273,9 @@ pub struct ShoalCores {
     counters: RegistryCounters,
     /// Disk read latency, µs.
     read_us: u64,
+    /// Payloads carry 1/scale of the bytes they model (`catalog.payload_scale`): byte-valued
+    /// thresholds handed to the cores are divided by it, wire sizes and statistics multiplied.
+    scale: u64,
 }
 
 impl ShoalCores {
@@ -283,7 +286,12 @@ impl ShoalCores {
             ..RegistryConfig::default()
         };
         Self {
-            catalog: SynthCatalog::new(seed, s.catalog.track_duration_s, s.catalog.bitrate_kbps),
+            catalog: SynthCatalog::new(
+                seed,
+                s.catalog.track_duration_s,
+                s.catalog.bitrate_kbps,
+                s.catalog.payload_scale,
+            ),
             origin_bps: (s.bandwidth.origin_mbps * 1e6 / 8.0) as u64,
             origins: Vec::new(),
             origin_tracks: Vec::new(),
@@ -295,7 +303,13 @@ impl ShoalCores {
             peers: Vec::new(),
             counters: RegistryCounters::default(),
             read_us: (s.cache.read_ms * 1000.0) as u64,
+            scale: u64::from(s.catalog.payload_scale.max(1)),
         }
+    }
+
+    /// A byte quantity (a size, a rate) in the cores' payload units.
+    fn scaled(&self, bytes: u64) -> u64 {
+        (bytes / self.scale).max(1)
     }
 
     fn origin_pos(&self, node: u32) -> Option<usize> {
@@ -402,11 +416,12 @@ impl ShoalCores {
     }
 }
 
-fn source_bytes(stats: &mut PlaybackStats, b: &shoal_peer::core::BytesBySource) {
-    stats.bytes(Source::Cache, b.cache);
-    stats.bytes(Source::Peers, b.peers);
-    stats.bytes(Source::SuperPeers, b.superpeers);
-    stats.bytes(Source::Origin, b.origin);
+/// Adds a play's bytes by source, in modelled bytes (payload bytes × `scale`).
+fn source_bytes(stats: &mut PlaybackStats, b: &shoal_peer::core::BytesBySource, scale: u64) {
+    stats.bytes(Source::Cache, b.cache * scale);
+    stats.bytes(Source::Peers, b.peers * scale);
+    stats.bytes(Source::SuperPeers, b.superpeers * scale);
+    stats.bytes(Source::Origin, b.origin * scale);
 }
 
 impl Cores for ShoalCores {
@@ -459,6 +474,10 @@ impl Cores for ShoalCores {
     fn wire_len(&self, msg: &SimMsg) -> u32 {
         // Registry messages: their real encoding (bincode, as the codec frames them).
         let payload = match msg {
+            // A chunk's payload models `scale` times its bytes; manifests are real size.
+            SimMsg::Chunk(m @ ChunkMsg::Response(ChunkResponse::Chunk { bytes, .. })) => {
+                m.wire_len() + bytes.len() * (self.scale as usize - 1)
+            }
             SimMsg::Chunk(m) => m.wire_len(),
             SimMsg::Announce(a) => a.encode_payload().map_or(0, |b| b.len()),
             SimMsg::Registry(RegistryMessage::Announce { announce, .. }) => {
@@ -488,9 +507,14 @@ impl Cores for ShoalCores {
         }
         match info.role {
             Role::Peer => {
+                // The client's defaults; byte-valued ones in payload units (`scale`).
                 let mut cfg = PeerConfig::default();
-                cfg.scheduler.cache.max_bytes = info.cache_bytes;
-                cfg.server.upload_rate = info.upload_cap_bps.max(1.0) as u64;
+                let sch = &mut cfg.scheduler;
+                sch.cache.max_bytes = self.scaled(info.cache_bytes);
+                sch.initial_peer_rate = self.scaled(sch.initial_peer_rate);
+                sch.initial_origin_rate = self.scaled(sch.initial_origin_rate);
+                cfg.server.upload_rate = self.scaled(info.upload_cap_bps.max(1.0) as u64);
+                cfg.server.upload_burst = self.scaled(cfg.server.upload_burst);
                 let mut core = PeerCore::new(cfg);
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
@@ -543,8 +567,8 @@ impl Cores for ShoalCores {
             }
             Role::Origin => {
                 let cfg = ServerConfig {
-                    upload_rate: self.origin_bps.max(1),
-                    upload_burst: (self.origin_bps / 10).max(1 << 20),
+                    upload_rate: self.scaled(self.origin_bps),
+                    upload_burst: self.scaled((self.origin_bps / 10).max(1 << 20)),
                     // An HTTP store behind a CDN: no small upload-slot limit.
                     max_uploads: 100_000,
                     max_uploads_while_urgent: 100_000,
@@ -660,7 +684,7 @@ impl Cores for ShoalCores {
             }) => stats.first_audio(ms as f64),
             PeerEvent::Fetch(SchedulerEvent::TrackFinished(p)) => {
                 stats.play_ended(p.stutters);
-                source_bytes(stats, &p.bytes_by_source);
+                source_bytes(stats, &p.bytes_by_source, self.scale);
             }
             PeerEvent::Serve(shoal_peer::core::ServerEvent::Load { to, request, item }) => {
                 let bytes = match item {

@@ -5,13 +5,12 @@
 //! whose ids are the BLAKE3 of those bytes — so the real cores verify real hashes.
 //! Tracks are materialised on first use.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use shoal_protocol::chunk::MAX_CHUNK_BYTES;
 use shoal_protocol::{ChunkId, ChunkInfo, Manifest, SAMPLE_RATE, TrackId};
 
-use crate::rng::Rng;
+use crate::rng::{IdMap, Rng};
 use crate::scenario::Dist;
 
 /// Duration of the first chunk, ms (the real chunker's ≈ 0.5 s start chunk).
@@ -47,9 +46,9 @@ pub struct SynthCatalog {
     seed: u64,
     duration: Dist,
     bytes_per_s: f64,
-    tracks: HashMap<u32, Rc<SynthTrack>>,
-    by_id: HashMap<TrackId, u32>,
-    by_chunk: HashMap<ChunkId, (u32, u32)>,
+    tracks: IdMap<u32, Rc<SynthTrack>>,
+    by_id: IdMap<TrackId, u32>,
+    by_chunk: IdMap<ChunkId, (u32, u32)>,
     /// Random filler shared by all chunks (64 KiB, from the seed).
     block: Vec<u8>,
     /// Payloads carry 1/scale of the bytes they model (`catalog.payload_scale`).
@@ -65,9 +64,9 @@ impl SynthCatalog {
             seed,
             duration,
             bytes_per_s: bitrate_kbps * 1000.0 / 8.0,
-            tracks: HashMap::new(),
-            by_id: HashMap::new(),
-            by_chunk: HashMap::new(),
+            tracks: IdMap::default(),
+            by_id: IdMap::default(),
+            by_chunk: IdMap::default(),
             block: {
                 let mut b = vec![0u8; MAX_CHUNK_BYTES];
                 let mut h = blake3::Hasher::new();

@@ -28,7 +28,7 @@
 //! key, which is all ranking by cluster among peers needs (super-peers neither announce nor
 //! ask here).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 
 use shoal_peer::core::{
     ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo,
@@ -44,6 +44,7 @@ use shoal_tracker::core::{RegistryConfig, RegistryMessage, TrackerCore, TrackerE
 use crate::catalog::SynthCatalog;
 use crate::cores::{Cores, Feedback, Listen, NodeInfo};
 use crate::net::Role;
+use crate::rng::{IdMap, IdSet};
 use crate::scenario::Scenario;
 use crate::stats::{PlaybackStats, Source};
 
@@ -184,9 +185,12 @@ const RETRY_US: u64 = 5_000_000;
 #[derive(Debug, Default)]
 struct PeerDriver {
     /// Chunks held per track (catalog index), as a bitmap over the manifest's chunks.
-    held: HashMap<u32, Held>,
+    held: IdMap<u32, Held>,
     /// Tracks held completely: what the peer offers.
     complete: BTreeSet<u32>,
+    /// Tracks whose manifest is on disk (the client stores every manifest it verifies and
+    /// never evicts them), fed to the core before a play like the real driver does.
+    manifests: IdSet<u32>,
     /// Changes to `complete` not announced yet.
     added: BTreeSet<u32>,
     removed: BTreeSet<u32>,
@@ -259,7 +263,7 @@ pub struct ShoalCores {
     /// The origins' ids (learnt from the first spawned node).
     origins: Vec<NodeId>,
     /// Tracks each origin has registered with its server, by origin position.
-    origin_tracks: Vec<HashSet<TrackId>>,
+    origin_tracks: Vec<IdSet<TrackId>>,
     /// The tracker's id.
     tracker: NodeId,
     /// The registry's thresholds (defaults: what a deployed tracker runs).
@@ -370,6 +374,31 @@ impl ShoalCores {
                 token: p.session << 2 | TIMER_FLUSH,
             });
         }
+    }
+
+    /// What the real driver does before `Play` or `Enqueue`: a track whose manifest is on
+    /// disk starts without asking anyone for it (`SchedulerCommand::Manifest` first).
+    /// Returns the track's id.
+    fn manifest_from_disk(
+        &mut self,
+        node: u32,
+        track: u32,
+        out: &mut Vec<Feedback<Self>>,
+    ) -> TrackId {
+        let t = self.catalog.track(track);
+        if self
+            .peers
+            .get(node as usize)
+            .is_some_and(|p| p.manifests.contains(&track))
+        {
+            out.push(Feedback::Command(PeerCommand::Fetch(
+                SchedulerCommand::Manifest {
+                    track: t.id,
+                    bytes: t.manifest.clone(),
+                },
+            )));
+        }
+        t.id
     }
 
     /// An announce from `node`: the full holding set (`replace`) or the pending changes.
@@ -502,7 +531,7 @@ impl Cores for ShoalCores {
     fn spawn(&mut self, info: &NodeInfo<'_>) -> Option<SimNode> {
         if self.origins.is_empty() {
             self.origins = info.origins.to_vec();
-            self.origin_tracks = vec![HashSet::new(); self.origins.len()];
+            self.origin_tracks = vec![IdSet::default(); self.origins.len()];
             self.tracker = info.tracker;
         }
         match info.role {
@@ -528,9 +557,8 @@ impl Cores for ShoalCores {
                 // The disk cache as the listening history left it: manifests and chunks,
                 // oldest first (the core's LRU evicts what does not fit; the driver sees the
                 // evictions as events when the core is first drained).
-                let mut seen = HashSet::new();
                 for &t in info.history {
-                    if !seen.insert(t) {
+                    if !driver.manifests.insert(t) {
                         continue;
                     }
                     let track = self.catalog.track(t);
@@ -615,14 +643,14 @@ impl Cores for ShoalCores {
                 }
             }
             Listen::Play { track, next } => {
-                let id = self.catalog.track(track).id;
+                let id = self.manifest_from_disk(node, track, out);
                 out.push(fetch(SchedulerCommand::Play {
                     track: id,
                     position_ms: 0,
                 }));
                 out.push(fetch(SchedulerCommand::ClearQueue));
                 if let Some(n) = next {
-                    let nid = self.catalog.track(n).id;
+                    let nid = self.manifest_from_disk(node, n, out);
                     out.push(fetch(SchedulerCommand::Enqueue(nid)));
                 }
             }
@@ -725,6 +753,15 @@ impl Cores for ShoalCores {
                 if let Some(t) = self.catalog.index_of(&track) {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
                     self.cache_changed(node, t, index, true, feedback);
+                }
+            }
+            // The client writes every verified manifest to disk.
+            PeerEvent::Fetch(SchedulerEvent::ManifestReady { track, .. }) => {
+                if let (Some(t), Some(p)) = (
+                    self.catalog.index_of(&track),
+                    self.peers.get_mut(node as usize),
+                ) {
+                    p.manifests.insert(t);
                 }
             }
             PeerEvent::Fetch(SchedulerEvent::Evict(chunk)) => {

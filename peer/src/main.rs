@@ -23,25 +23,62 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Play a track.
+    /// Play tracks: from nearby peers, the local cache and the origin (or, with --data, from
+    /// a local origin directory without any network).
     ///
-    /// With --data, plays straight from a local origin directory written by
-    /// `shoal-tracker import` (no network).
+    /// Several track ids make a queue (the next one is prefetched before the current ends);
+    /// words that are not track ids are a search, and the best hit plays.
     Play {
-        /// Local origin directory to play from (as written by `shoal-tracker import --data`).
-        #[arg(long, value_name = "DIR", required = true)]
-        data: PathBuf,
+        /// Local origin directory to play from (as written by `shoal-tracker import --data`),
+        /// no network.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
         /// Where the audio goes: FILE.wav, - (raw s16le 48 kHz PCM on stdout), device or null.
         #[arg(long, short, default_value = "device", value_name = "TARGET")]
         output: OutputTarget,
-        /// Start this many seconds into the track.
+        /// Start this many seconds into the (first) track.
         #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
         start: f64,
-        /// Print the play's statistics as one JSON object on stdout at the end.
+        /// Stop after this many seconds of the first track (default: play to the end).
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Print each play's statistics as one JSON object on stdout at the end.
         #[arg(long)]
         json: bool,
-        /// The track (64 hex digits, as `shoal-tracker import` prints).
-        track: TrackId,
+        #[command(flatten)]
+        net: NetArgs,
+        /// Track ids (64 hex digits, as `shoal-tracker import` or `search` print) or search words.
+        #[arg(required = true, value_name = "TRACK_ID|QUERY")]
+        what: Vec<String>,
+    },
+    /// Stay online and share the cache with other peers (announced to the tracker).
+    Serve {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Start a tracker, import music, start several peers on this machine and play a track
+    /// on one of them; prints where its bytes came from. Needs `shoal-tracker` beside this
+    /// program (as `cargo build` and `cargo install` put it).
+    Demo {
+        /// Music files or folders to import [default: the Debian singularity-music tracks if
+        /// installed, else a generated piece].
+        #[arg(value_name = "PATH")]
+        music: Vec<PathBuf>,
+        /// Seeding peers to start.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+        peers: u32,
+        /// Seconds of the track to play (the listener plays in real time).
+        #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+        duration: f64,
+        /// Where the listener's audio goes: FILE.wav, device or null.
+        #[arg(long, short, default_value = "null", value_name = "TARGET")]
+        output: OutputTarget,
+        /// Print the play's statistics as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Keep the demo's files (tracker data, caches) here instead of a temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
     /// Search the tracker's catalog; prints TrackId, title, artist, album and duration.
     Search {
@@ -74,6 +111,122 @@ enum CacheAction {
     Stats,
     /// Delete every cached chunk and manifest.
     Clear,
+    /// Copy tracks from a local origin directory into the cache (to seed them with `serve`).
+    Add {
+        /// Local origin directory (as written by `shoal-tracker import --data`).
+        #[arg(long, value_name = "DIR", required = true)]
+        data: PathBuf,
+        /// Tracks to copy (all tracks of DIR when none are given).
+        #[arg(value_name = "TRACK_ID")]
+        tracks: Vec<TrackId>,
+    },
+}
+
+/// Network options shared by `play`, `serve` and `demo`'s peers.
+#[derive(Debug, Clone, clap::Args)]
+struct NetArgs {
+    /// A TOML file with any of: tracker, cache, cache_limit_mib, listen, region, upload_kib_s.
+    /// Flags win over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The tracker's HTTP API [default: http://127.0.0.1:7700].
+    #[arg(long, value_name = "URL")]
+    tracker: Option<String>,
+    /// Cache directory [default: $XDG_CACHE_HOME/shoal or ~/.cache/shoal].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Cache size limit in MiB [default: 10% of the free disk space].
+    #[arg(long, value_name = "MIB")]
+    cache_limit_mib: Option<u64>,
+    /// libp2p listen address, repeatable [default: any port, QUIC and TCP].
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<libp2p::Multiaddr>,
+    /// Our region (e.g. a country code), sent to the tracker to find nearby peers.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Upload limit for serving other peers, KiB/s [default: 1000].
+    #[arg(long, value_name = "KIB_PER_S")]
+    upload_kib_s: Option<u64>,
+}
+
+/// The `--config` file of the network commands; every field is optional.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// The tracker's HTTP API.
+    tracker: Option<String>,
+    /// Cache directory.
+    cache: Option<PathBuf>,
+    /// Cache size limit in MiB.
+    cache_limit_mib: Option<u64>,
+    /// libp2p listen addresses.
+    listen: Option<Vec<String>>,
+    /// Our region.
+    region: Option<String>,
+    /// Upload limit, KiB/s.
+    upload_kib_s: Option<u64>,
+}
+
+mod demo;
+mod network;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+impl NetArgs {
+    /// Flags over the `--config` file over defaults.
+    fn resolve(self) -> Result<network::NetOptions> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("bad config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = if !self.listen.is_empty() {
+            self.listen
+        } else if let Some(list) = file.listen {
+            list.iter()
+                .map(|a| {
+                    a.parse()
+                        .with_context(|| format!("bad listen address {a:?} in the config file"))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        let cache = self
+            .cache
+            .or(file.cache)
+            .or_else(shoal_peer::net::cache::default_dir)
+            .context(
+                "no cache directory: pass --cache DIR (neither XDG_CACHE_HOME nor HOME is set)",
+            )?;
+        Ok(network::NetOptions {
+            tracker: self
+                .tracker
+                .or(file.tracker)
+                .unwrap_or_else(|| "http://127.0.0.1:7700".into()),
+            cache,
+            cache_limit: self
+                .cache_limit_mib
+                .or(file.cache_limit_mib)
+                .map(|m| m.saturating_mul(1 << 20)),
+            listen,
+            region: self.region.or(file.region),
+            upload_bytes_per_s: self
+                .upload_kib_s
+                .or(file.upload_kib_s)
+                .map(|k| k.saturating_mul(1024)),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -90,12 +243,54 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Play {
-            data,
+            data: Some(data),
             output,
             start,
             json,
-            track,
-        } => play_local(&data, &output, start, json, track),
+            what,
+            duration: _,
+            net: _,
+        } => {
+            let [track] = what.as_slice() else {
+                bail!("with --data, give exactly one track id");
+            };
+            let track: TrackId = track
+                .parse()
+                .with_context(|| format!("{track:?} is not a track id"))?;
+            play_local(&data, &output, start, json, track)
+        }
+        Command::Play {
+            data: None,
+            output,
+            start,
+            duration,
+            json,
+            net,
+            what,
+        } => runtime()?.block_on(network::play(
+            net.resolve()?,
+            &what,
+            &output,
+            start,
+            duration,
+            json,
+        )),
+        Command::Serve { net } => runtime()?.block_on(network::serve(net.resolve()?)),
+        Command::Demo {
+            music,
+            peers,
+            duration,
+            output,
+            json,
+            dir,
+        } => runtime()?.block_on(demo::run(demo::DemoOptions {
+            music,
+            peers: peers as usize,
+            duration,
+            output,
+            json,
+            dir,
+        })),
         Command::Search {
             tracker,
             limit,
@@ -134,9 +329,16 @@ fn run(cli: Cli) -> Result<()> {
                 "no cache directory: pass --cache DIR (neither XDG_CACHE_HOME nor HOME is set)",
             )?;
             let mut cache = DiskCache::open(&dir, None)?;
-            if let CacheAction::Clear = action {
-                cache.clear()?;
-                println!("cleared {}", dir.display());
+            match action {
+                CacheAction::Clear => {
+                    cache.clear()?;
+                    println!("cleared {}", dir.display());
+                }
+                CacheAction::Add { data, tracks } => {
+                    let n = network::cache_add(&mut cache, &data, &tracks)?;
+                    println!("added {n} tracks to {}", dir.display());
+                }
+                CacheAction::Stats => {}
             }
             let s = cache.stats();
             println!(

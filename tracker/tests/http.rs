@@ -345,6 +345,24 @@ async fn check_api(storage: Storage) {
         .await
         .unwrap();
     assert_eq!(h["status"], "ok");
+    // Peers given only the HTTP URL find the libp2p endpoint here.
+    let p2p: serde_json::Value = http
+        .get(format!("{base}/p2p"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let peer_id = p2p["peer_id"].as_str().unwrap();
+    let addrs = p2p["addrs"].as_array().unwrap();
+    assert!(!addrs.is_empty());
+    for a in addrs {
+        assert!(
+            a.as_str().unwrap().ends_with(&format!("/p2p/{peer_id}")),
+            "{a}"
+        );
+    }
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()

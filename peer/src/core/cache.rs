@@ -95,6 +95,13 @@ impl CacheIndex {
         evicted
     }
 
+    /// Every chunk held with its length, least recently used first.
+    pub fn oldest_first(&self) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
+        self.by_age
+            .iter()
+            .filter_map(|(_, c)| self.entries.get(c).map(|(len, _)| (*c, *len)))
+    }
+
     /// Forgets `chunk` (the driver deleted it, or it failed verification on read).
     pub fn remove(&mut self, chunk: &ChunkId) -> bool {
         match self.entries.remove(chunk) {

@@ -7,6 +7,7 @@
 //! - [`ChunkServer`] (upload side): answers chunk requests within a token bucket and a cap on
 //!   concurrent uploads.
 //! - [`CacheIndex`]: the LRU policy of the disk cache.
+//! - [`Announcer`]: when to tell the tracker what we hold.
 //! - [`PeerCore`]: both sides wired together as one [`Core`], the way the driver and the
 //!   simulator run a listener: it keeps the server's servable set in step with the cache and
 //!   throttles serving while our own playback is short of data.
@@ -18,6 +19,7 @@ use std::collections::VecDeque;
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
 use shoal_protocol::{Core, Input, Output, Time};
 
+mod announce;
 mod cache;
 mod config;
 mod scheduler;
@@ -29,6 +31,7 @@ mod testnet;
 #[cfg(test)]
 mod tests;
 
+pub use announce::{AnnounceConfig, AnnouncePlan, Announcer};
 pub use cache::CacheIndex;
 pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
 pub use scheduler::{

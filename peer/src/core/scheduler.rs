@@ -1475,6 +1475,8 @@ impl FetchScheduler {
         let peer = self.best_peer(f, index, len, &exclude, now);
         let origin = self.origin_candidate(&exclude, len, now);
         let holders = self.has_holders(f, index);
+        // `set_peers` records every answer, even an empty one.
+        let lookup_answered = self.holders.contains_key(&track);
         if asked.is_empty() {
             if !holders {
                 self.maybe_need_peers(slot);
@@ -1498,7 +1500,16 @@ impl FetchScheduler {
                     self.issue(now, to, track, What::Chunk(index), len);
                 }
                 (Some((p, _)), _) => self.issue(now, p, track, What::Chunk(index), len),
-                (None, Some((o, _))) if urgent || !holders => {
+                // Nobody holds it: the origin, once the lookup has answered so. Until then
+                // an urgent chunk goes to the origin only when waiting any longer for the
+                // answer would make it late, or the first seconds would all come from there.
+                (None, Some((o, ot)))
+                    if (!holders && lookup_answered)
+                        || (urgent
+                            && (lookup_answered
+                                || ot + SchedulerConfig::ms(self.config.late_slack_ms)
+                                    >= need)) =>
+                {
                     self.issue(now, o, track, What::Chunk(index), len);
                 }
                 _ => {}
@@ -1523,7 +1534,7 @@ impl FetchScheduler {
             if let Some((p, pt)) = peer.filter(|(_, pt)| *pt < best_expected) {
                 let _ = pt;
                 self.issue(now, p, track, What::Chunk(index), len);
-            } else if !holders && !origin_asked {
+            } else if !holders && lookup_answered && !origin_asked {
                 if let Some((o, _)) = origin {
                     self.issue(now, o, track, What::Chunk(index), len);
                 }

@@ -897,3 +897,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn while_the_lookup_is_pending_only_urgent_chunks_come_from_the_origin() {
+    // 24 chunks; the lookup answers after 1 s with a fast peer: the origin serves only what
+    // was urgent meanwhile (the hedged start), the peer all the rest.
+    let t = make_track(16, 24, 16_000);
+    let mut net = setup(&[&t], 5, true);
+    add_peer(&mut net, 2, 2e6, 5, &[&t]);
+    play(&mut net, Time::ZERO, t.id);
+    net.command_at(
+        secs(1),
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 10)],
+        },
+    );
+    run_to_end(&mut net, 1, secs(400));
+    assert_played_correctly(&net, &t);
+    let b = &net.finished(n(LISTENER))[0].bytes_by_source;
+    let origin_chunks = get_chunks_to(&net, n(ORIGIN)).len();
+    assert!(
+        b.peers > 4 * b.origin,
+        "peers {} vs origin {} ({origin_chunks} origin requests)",
+        b.peers,
+        b.origin
+    );
+}

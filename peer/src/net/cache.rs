@@ -259,6 +259,56 @@ impl DiskCache {
         }
     }
 
+    /// Hands the eviction policy over to the peer core (whose own [`CacheIndex`] is built from
+    /// the returned list, oldest first, and whose `Evict` events the driver applies with
+    /// [`DiskCache::remove_chunk`]): from now on this cache keeps what it is given, so the two
+    /// indexes never disagree. Returns every cached chunk and its length, least recent first.
+    pub fn hand_over_eviction(&mut self) -> Vec<(ChunkId, u32)> {
+        let held: Vec<(ChunkId, u32)> = self.index.oldest_first().collect();
+        let mut index = CacheIndex::new(CacheConfig {
+            max_bytes: u64::MAX,
+            max_entries: usize::MAX,
+        });
+        for (id, len) in &held {
+            index.insert(*id, *len);
+        }
+        self.index = index;
+        held
+    }
+
+    /// Deletes a chunk (evicted by the core's policy, or found corrupt by a reader).
+    pub fn remove_chunk(&mut self, id: &ChunkId) {
+        if self.index.remove(id) {
+            let _ = fs::remove_file(self.chunk_path(id));
+        }
+    }
+
+    /// The tracks whose manifests are cached.
+    pub fn manifest_ids(&self) -> Vec<TrackId> {
+        let mut out = Vec::new();
+        let Ok(fans) = fs::read_dir(self.root.join("manifests")) else {
+            return out;
+        };
+        for fan in fans.flatten() {
+            let Ok(entries) = fs::read_dir(fan.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if let Some(id) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A cached manifest's canonical bytes, if present and intact (a corrupt one is deleted).
+    pub fn manifest_bytes(&mut self, track: &TrackId) -> Option<Vec<u8>> {
+        self.get_manifest(track)?;
+        fs::read(self.manifest_path(track)).ok()
+    }
+
     /// Sizes and counts.
     pub fn stats(&self) -> CacheStats {
         let manifests = fs::read_dir(self.root.join("manifests"))

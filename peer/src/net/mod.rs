@@ -2,7 +2,9 @@
 //! frames, writes and timers. It decides nothing.
 
 pub mod cache;
+pub mod node;
 pub mod origin;
+pub mod player;
 pub mod stats;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).
@@ -13,6 +15,12 @@ pub fn init_logging() {
     // symphonia logs its own view of bad input; ours is the one line users need.
     if !requested.contains("symphonia")
         && let Ok(quiet) = "symphonia=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
+    // libp2p's own start-up chatter (its PeerId, per listener) says nothing a user needs.
+    if !requested.contains("libp2p")
+        && let Ok(quiet) = "libp2p_swarm=warn".parse()
     {
         filter = filter.add_directive(quiet);
     }

@@ -117,6 +117,20 @@ impl OriginClient {
         })
     }
 
+    /// The tracker's libp2p endpoint (`GET /p2p`): its PeerId and dialable addresses.
+    pub async fn p2p_info(&self) -> Result<shoal_tracker::net::http::P2pInfo, OriginError> {
+        let r = self.get("/p2p", "the libp2p endpoint").await?;
+        r.json().await.map_err(|e| OriginError::Http {
+            url: format!("{}/p2p", self.base),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The body of `GET path` (unverified: callers verify).
     async fn get_bytes(&self, path: &str, what: &str) -> Result<Vec<u8>, OriginError> {
         let r = self.get(path, what).await?;

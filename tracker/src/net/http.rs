@@ -82,6 +82,18 @@ pub struct AppState {
     limits: HttpLimits,
     buckets: std::sync::Mutex<HashMap<IpAddr, (f64, Instant)>>,
     hot: std::sync::Mutex<HotChunks>,
+    /// The libp2p endpoint (`GET /p2p`), set once it is up.
+    p2p: std::sync::OnceLock<P2pInfo>,
+}
+
+/// How peers reach the tracker's libp2p side: what `GET /p2p` answers, so a peer given only
+/// the HTTP URL finds the announce/lookup endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct P2pInfo {
+    /// The tracker's PeerId.
+    pub peer_id: String,
+    /// Dialable multiaddrs, each ending in `/p2p/PEER_ID`.
+    pub addrs: Vec<String>,
 }
 
 /// Recently served chunks, verified when they were loaded, least recently used evicted first.
@@ -127,7 +139,13 @@ impl AppState {
             limits,
             buckets: Default::default(),
             hot: std::sync::Mutex::new(hot),
+            p2p: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Publishes the libp2p endpoint under `GET /p2p` (the first call wins).
+    pub fn set_p2p(&self, info: P2pInfo) {
+        let _ = self.p2p.set(info);
     }
 
     /// Takes one token from `ip`'s bucket; false when it is empty.
@@ -219,6 +237,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/chunks/{id}", get(chunk))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/p2p", get(p2p_info))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .layer(middleware::from_fn_with_state(state.clone(), admission))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
@@ -590,6 +609,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         metric("shoal_catalog_tracks", "gauge", "Tracks in the catalog.", n);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn p2p_info(State(state): State<Arc<AppState>>) -> Response {
+    match state.p2p.get() {
+        Some(info) => axum::Json(info.clone()).into_response(),
+        None => ApiError(
+            StatusCode::NOT_FOUND,
+            "this tracker runs no libp2p endpoint".into(),
+        )
+        .into_response(),
+    }
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

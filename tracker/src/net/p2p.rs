@@ -302,7 +302,7 @@ pub fn load_or_create_key(path: &Path) -> Result<Keypair, P2pError> {
                 path: path.to_owned(),
                 err,
             })?;
-            tracing::info!(path = %path.display(), peer_id = %key.public().to_peer_id(), "created a new tracker identity");
+            tracing::info!(path = %path.display(), peer_id = %key.public().to_peer_id(), "created a new libp2p identity");
             Ok(key)
         }
         Err(err) => Err(P2pError::KeyRead {

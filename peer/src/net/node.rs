@@ -1,0 +1,1087 @@
+//! The peer's network driver: one libp2p swarm (QUIC, TCP+Noise+Yamux fallback) carrying
+//! `/shoal/chunk/1` both ways, announce and lookup to the tracker, identify and ping; the origin
+//! over HTTP; the disk cache. It feeds a [`PeerCore`] and an [`Announcer`] and carries out
+//! what they say. It decides nothing: which source, when to hedge, what to evict, whom to
+//! serve and when to announce all come from the cores.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
+};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, multiaddr::Protocol, noise, tcp, yamux};
+use shoal_protocol::wire::{
+    Announce, AnnounceResponse, CHUNK_PROTOCOL, ChunkRequest, ChunkResponse, LookupRequest,
+    LookupResponse,
+};
+use shoal_protocol::{ChunkId, Core, Input, Manifest, NodeId, Output, Time, TrackId};
+use shoal_tracker::net::p2p::{Behaviour as TrackerBehaviour, BehaviourEvent, FrameCodec};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::cache::DiskCache;
+use super::origin::{OriginClient, OriginError};
+use crate::core::{
+    AnnounceConfig, Announcer, BytesBySource, ChunkMsg, PeerCommand, PeerConfig, PeerCore,
+    PeerEvent, PeerInfo, PlayStats, SchedulerCommand, SchedulerEvent, ServerCommand, ServerEvent,
+};
+
+/// The codec of `/shoal/chunk/1`.
+pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
+
+/// Default libp2p port of a peer (0: any free port; a desktop peer has no fixed port).
+pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"];
+
+/// Chunk protocol, tracker protocols, identify and ping.
+#[derive(NetworkBehaviour)]
+pub struct PeerBehaviour {
+    /// `/shoal/chunk/1`, both ways.
+    pub chunk: request_response::Behaviour<ChunkCodec>,
+    /// Announce and lookup (outbound), identify and ping.
+    pub tracker: TrackerBehaviour,
+}
+
+impl PeerBehaviour {
+    /// The behaviour of a peer with `key`; `request_timeout` bounds one libp2p request (the
+    /// scheduler's own, shorter, timeouts decide retries).
+    pub fn new(key: &Keypair, request_timeout: Duration) -> Self {
+        let rr = request_response::Config::default()
+            .with_request_timeout(request_timeout)
+            .with_max_concurrent_streams(256);
+        Self {
+            chunk: request_response::Behaviour::new(
+                [(StreamProtocol::new(CHUNK_PROTOCOL), ProtocolSupport::Full)],
+                rr,
+            ),
+            tracker: TrackerBehaviour::new(key, ProtocolSupport::Outbound, request_timeout),
+        }
+    }
+}
+
+/// Why the node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The transport could not be built.
+    #[error("cannot build the libp2p transport: {0}")]
+    Transport(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// The tracker's endpoint could not be found.
+    #[error("cannot find the tracker's libp2p endpoint: {0}")]
+    Tracker(String),
+}
+
+/// How to reach the tracker's libp2p side.
+#[derive(Debug, Clone)]
+pub struct TrackerEndpoint {
+    /// Its PeerId (checked by the handshake).
+    pub peer_id: PeerId,
+    /// Its addresses.
+    pub addrs: Vec<Multiaddr>,
+}
+
+impl TrackerEndpoint {
+    /// Asks the tracker's HTTP API (`GET /p2p`) where its libp2p side listens.
+    pub async fn discover(origin: &OriginClient) -> Result<Self, NodeError> {
+        let info = origin
+            .p2p_info()
+            .await
+            .map_err(|e| NodeError::Tracker(e.to_string()))?;
+        let peer_id: PeerId = info
+            .peer_id
+            .parse()
+            .map_err(|e| NodeError::Tracker(format!("bad PeerId {:?}: {e}", info.peer_id)))?;
+        let addrs = info
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| {
+                // Dialled by PeerId: keep the transport part only.
+                a.into_iter()
+                    .filter(|p| !matches!(p, Protocol::P2p(_)))
+                    .collect()
+            })
+            .collect::<Vec<Multiaddr>>();
+        if addrs.is_empty() {
+            return Err(NodeError::Tracker("the tracker lists no addresses".into()));
+        }
+        Ok(Self { peer_id, addrs })
+    }
+}
+
+/// Everything a node starts with.
+#[derive(Debug)]
+pub struct NodeConfig {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// Where to listen for other peers.
+    pub listen: Vec<Multiaddr>,
+    /// The tracker (announce, lookup), if any.
+    pub tracker: Option<TrackerEndpoint>,
+    /// The origin's HTTP API (fallback for every chunk), if any.
+    pub origin: Option<OriginClient>,
+    /// The core's thresholds.
+    pub peer: PeerConfig,
+    /// Announce timing.
+    pub announce: AnnounceConfig,
+    /// Our region, sent with announces (ranks holders nearest first).
+    pub region: Option<String>,
+    /// Holders asked for per lookup.
+    pub lookup_limit: u16,
+    /// Upper bound of one libp2p request.
+    pub request_timeout: Duration,
+    /// Least time between two lookups of the same track's holders.
+    pub min_lookup_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults for `keypair`: listen on any port (QUIC and TCP), no tracker, no origin.
+    pub fn new(keypair: Keypair) -> Self {
+        Self {
+            keypair,
+            listen: DEFAULT_LISTEN
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+            tracker: None,
+            origin: None,
+            peer: PeerConfig::default(),
+            announce: AnnounceConfig::default(),
+            region: None,
+            lookup_limit: 16,
+            request_timeout: Duration::from_secs(30),
+            min_lookup_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the node reports to whoever runs it (the player, the status line).
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A track's manifest is known (from the cache or the network): the player can set up.
+    Manifest {
+        /// The track.
+        track: TrackId,
+        /// Its manifest.
+        manifest: Manifest,
+    },
+    /// A verified chunk for the player (any order).
+    Chunk {
+        /// The track.
+        track: TrackId,
+        /// Index in the manifest.
+        index: usize,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Playback started (first audio of a play or after a seek).
+    PlayStarted {
+        /// The track.
+        track: TrackId,
+        /// Time to first audio, on the first start of a play.
+        time_to_first_audio_ms: Option<u64>,
+    },
+    /// An underrun.
+    Stutter {
+        /// The track.
+        track: TrackId,
+    },
+    /// A play ended.
+    Finished(PlayStats),
+    /// A peer was banned (bad data or misbehaviour).
+    Banned {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The track's manifest is invalid: the play is abandoned.
+    TrackInvalid(TrackId),
+}
+
+/// A snapshot for a status line.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStatus {
+    /// The track playing.
+    pub track: Option<TrackId>,
+    /// Playback position in ms.
+    pub position_ms: Option<u64>,
+    /// Audio fetched ahead of the position, ms.
+    pub buffer_ahead_ms: Option<u64>,
+    /// Bytes of the current play by source.
+    pub bytes: BytesBySource,
+    /// Peers connected now.
+    pub peers: usize,
+    /// Bytes uploaded to other peers.
+    pub served_bytes: u64,
+    /// Tracks held completely (announced).
+    pub held_tracks: usize,
+    /// The tracker has accepted our holdings (false without a tracker).
+    pub announced: bool,
+}
+
+enum Control {
+    Core(PeerCommand),
+    Shutdown,
+}
+
+/// A running peer: commands in, events and status out.
+#[derive(Debug)]
+pub struct PeerNode {
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    control: mpsc::Sender<Control>,
+    status: watch::Receiver<NodeStatus>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Control::Core(c) => write!(f, "Core({c:?})"),
+            Control::Shutdown => write!(f, "Shutdown"),
+        }
+    }
+}
+
+impl PeerNode {
+    /// Builds the swarm, starts listening, loads the cache into the core and spawns the node.
+    /// Events go to the returned receiver (drop it if unwanted: they are then discarded).
+    pub async fn start(
+        config: NodeConfig,
+        mut cache: DiskCache,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<NodeEvent>), NodeError> {
+        let peer_id = config.keypair.public().to_peer_id();
+        let timeout = config.request_timeout;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_quic()
+            .with_behaviour(|key| PeerBehaviour::new(key, timeout))
+            .map_err(|e| NodeError::Transport(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NodeError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let mut listen_addrs = Vec::new();
+        let mut pending = config.listen.len();
+        let wait = async {
+            while pending > 0 {
+                match swarm.select_next_some().await {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        pending = pending.saturating_sub(1);
+                        listen_addrs.push(address);
+                    }
+                    SwarmEvent::ListenerError { error, .. } => {
+                        return Err(NodeError::Listen {
+                            addr: config.listen.first().cloned().unwrap_or(Multiaddr::empty()),
+                            reason: error.to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .map_err(|_| NodeError::Listen {
+                addr: config.listen.first().cloned().unwrap_or(Multiaddr::empty()),
+                reason: "no listen address within 10 s".into(),
+            })??;
+        if let Some(t) = &config.tracker {
+            for a in &t.addrs {
+                swarm.add_peer_address(t.peer_id, a.clone());
+            }
+            // Connected before the first play, a holder lookup costs one round trip.
+            if swarm.dial(t.peer_id).is_ok() {
+                let connect = async {
+                    loop {
+                        match swarm.select_next_some().await {
+                            SwarmEvent::ConnectionEstablished { peer_id, .. }
+                                if peer_id == t.peer_id =>
+                            {
+                                return Ok(());
+                            }
+                            SwarmEvent::OutgoingConnectionError {
+                                peer_id: Some(p),
+                                error,
+                                ..
+                            } if p == t.peer_id => return Err(error.to_string()),
+                            _ => {}
+                        }
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("cannot connect to the tracker: {e}"),
+                    Err(_) => tracing::warn!("no connection to the tracker within 5 s"),
+                }
+            }
+        }
+
+        let mut peer_config = config.peer.clone();
+        // The disk cache keeps what it is given; the core's index decides evictions.
+        peer_config.scheduler.cache.max_bytes = cache.stats().max_bytes;
+        let held = cache.hand_over_eviction();
+        let origin_node = config
+            .origin
+            .as_ref()
+            .map(|o| NodeId::from_key(format!("origin {}", o.base()).as_bytes()));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::channel(64);
+        let (status_tx, status_rx) = watch::channel(NodeStatus::default());
+        let (origin_tx, origin_rx) = mpsc::unbounded_channel();
+        let mut driver = Driver {
+            swarm,
+            core: PeerCore::new(peer_config),
+            announcer: Announcer::new(config.announce.clone()),
+            cache,
+            origin: config.origin.clone().zip(origin_node),
+            tracker: config.tracker.as_ref().map(|t| t.peer_id),
+            region: config.region.clone(),
+            lookup_limit: config.lookup_limit,
+            min_lookup_interval: config.min_lookup_interval,
+            epoch: Instant::now(),
+            core_wake: Time::NEVER,
+            nodes: HashMap::new(),
+            inbound: HashMap::new(),
+            inbound_ids: HashMap::new(),
+            outbound: HashMap::new(),
+            origin_tasks: HashMap::new(),
+            origin_tx,
+            lookups: HashMap::new(),
+            last_lookup: HashMap::new(),
+            track_of_chunk: HashMap::new(),
+            chunks_of_track: HashMap::new(),
+            listen_addrs: listen_addrs.clone(),
+            events: events_tx,
+            status: status_tx,
+            served_bytes: 0,
+        };
+        driver.command(SchedulerCommand::SetOrigin(origin_node));
+        driver.load_cache(&held);
+        let task = tokio::spawn(driver.run(control_rx, origin_rx));
+        Ok((
+            Self {
+                peer_id,
+                listen_addrs,
+                control: control_tx,
+                status: status_rx,
+                task,
+            },
+            events_rx,
+        ))
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses it listens on (ports resolved).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Sends a command to the core (play, enqueue, stop, seek...).
+    pub async fn command(&self, cmd: SchedulerCommand) {
+        let _ = self
+            .control
+            .send(Control::Core(PeerCommand::Fetch(cmd)))
+            .await;
+    }
+
+    /// Sends a command to the serving side (limits).
+    pub async fn serve_command(&self, cmd: ServerCommand) {
+        let _ = self
+            .control
+            .send(Control::Core(PeerCommand::Serve(cmd)))
+            .await;
+    }
+
+    /// The latest status snapshot (updated every 100 ms).
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Stops the node: connections are closed, the cache is flushed and unlocked.
+    pub async fn shutdown(self) {
+        let _ = self.control.send(Control::Shutdown).await;
+        let _ = self.task.await;
+    }
+}
+
+type InboundKey = (NodeId, u64, bool);
+
+struct Driver {
+    swarm: Swarm<PeerBehaviour>,
+    core: PeerCore,
+    announcer: Announcer,
+    cache: DiskCache,
+    origin: Option<(OriginClient, NodeId)>,
+    tracker: Option<PeerId>,
+    region: Option<String>,
+    lookup_limit: u16,
+    min_lookup_interval: Duration,
+    epoch: Instant,
+    core_wake: Time,
+    nodes: HashMap<NodeId, PeerId>,
+    /// Open inbound requests: (requester, request number, is a Cancel) → reply channel.
+    inbound: HashMap<InboundKey, ResponseChannel<ChunkResponse>>,
+    inbound_ids: HashMap<InboundRequestId, (NodeId, u64)>,
+    outbound: HashMap<OutboundRequestId, NodeId>,
+    origin_tasks: HashMap<u64, tokio::task::AbortHandle>,
+    origin_tx: mpsc::UnboundedSender<(NodeId, ChunkResponse)>,
+    lookups: HashMap<OutboundRequestId, TrackId>,
+    last_lookup: HashMap<TrackId, Instant>,
+    /// For announces: which track a cached chunk belongs to, and each known track's chunks.
+    track_of_chunk: HashMap<ChunkId, TrackId>,
+    chunks_of_track: HashMap<TrackId, Vec<ChunkId>>,
+    listen_addrs: Vec<Multiaddr>,
+    events: mpsc::UnboundedSender<NodeEvent>,
+    status: watch::Sender<NodeStatus>,
+    served_bytes: u64,
+}
+
+fn node_of(peer: &PeerId) -> NodeId {
+    NodeId::from_key(&peer.to_bytes())
+}
+
+fn response_request(r: &ChunkResponse) -> u64 {
+    match r {
+        ChunkResponse::Manifest { request, .. }
+        | ChunkResponse::Chunk { request, .. }
+        | ChunkResponse::Have { request, .. }
+        | ChunkResponse::NotHave { request }
+        | ChunkResponse::Busy { request, .. }
+        | ChunkResponse::Cancelled { request } => *request,
+    }
+}
+
+fn request_key(from: NodeId, r: &ChunkRequest) -> InboundKey {
+    match r {
+        ChunkRequest::GetManifest { request, .. }
+        | ChunkRequest::GetChunk { request, .. }
+        | ChunkRequest::QueryHave { request, .. } => (from, *request, false),
+        ChunkRequest::Cancel { request } => (from, *request, true),
+    }
+}
+
+impl Driver {
+    fn now(&self) -> Time {
+        Time::from_micros(u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn input(&mut self, input: Input<ChunkMsg, PeerCommand>) {
+        let now = self.now();
+        self.core.handle_input(now, input);
+    }
+
+    fn command(&mut self, cmd: SchedulerCommand) {
+        self.input(Input::Command(PeerCommand::Fetch(cmd)));
+    }
+
+    /// Tells the core what the disk holds: chunks (oldest first), then manifests; tracks held
+    /// completely are announced.
+    fn load_cache(&mut self, held: &[(ChunkId, u32)]) {
+        for (chunk, len) in held {
+            self.command(SchedulerCommand::CacheHas {
+                chunk: *chunk,
+                len: *len,
+            });
+        }
+        for track in self.cache.manifest_ids() {
+            let Some(bytes) = self.cache.manifest_bytes(&track) else {
+                continue;
+            };
+            if let Ok(m) = Manifest::decode(&bytes) {
+                self.learn_track(track, &m);
+            }
+            self.command(SchedulerCommand::Manifest { track, bytes });
+        }
+        self.drain();
+    }
+
+    fn learn_track(&mut self, track: TrackId, m: &Manifest) {
+        let chunks: Vec<ChunkId> = m.chunks.iter().map(|c| c.id).collect();
+        for c in &chunks {
+            self.track_of_chunk.insert(*c, track);
+        }
+        self.chunks_of_track.insert(track, chunks);
+        self.check_complete(track);
+    }
+
+    fn check_complete(&mut self, track: TrackId) {
+        let now = self.now();
+        let complete = self
+            .chunks_of_track
+            .get(&track)
+            .is_some_and(|cs| cs.iter().all(|c| self.cache.contains(c)));
+        if complete {
+            self.announcer.hold(now, track);
+        } else {
+            self.announcer.release(now, track);
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut control: mpsc::Receiver<Control>,
+        mut origin_rx: mpsc::UnboundedReceiver<(NodeId, ChunkResponse)>,
+    ) {
+        let mut status_tick = tokio::time::interval(Duration::from_millis(100));
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            self.drain();
+            let wake = self.core_wake.min(if self.tracker.is_some() {
+                self.announcer.next_wake()
+            } else {
+                Time::NEVER
+            });
+            let sleep = if wake == Time::NEVER {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_micros(wake.as_micros().saturating_sub(self.now().as_micros()))
+            };
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some((from, resp)) = origin_rx.recv() => {
+                    self.origin_tasks.remove(&response_request(&resp));
+                    self.input(Input::Message { from, msg: ChunkMsg::Response(resp) });
+                }
+                c = control.recv() => match c {
+                    Some(Control::Core(cmd)) => self.on_control(cmd),
+                    Some(Control::Shutdown) | None => break,
+                },
+                () = tokio::time::sleep(sleep) => self.input(Input::Timeout),
+                _ = status_tick.tick() => self.publish_status(),
+            }
+        }
+        for (_, task) in self.origin_tasks.drain() {
+            task.abort();
+        }
+    }
+
+    fn on_control(&mut self, cmd: PeerCommand) {
+        // A track whose manifest is on disk starts without asking anyone for it.
+        if let PeerCommand::Fetch(
+            SchedulerCommand::Play { track, .. } | SchedulerCommand::Enqueue(track),
+        ) = &cmd
+        {
+            let track = *track;
+            if let Some(bytes) = self.cache.manifest_bytes(&track) {
+                if let Ok(manifest) = Manifest::decode(&bytes) {
+                    let _ = self.events.send(NodeEvent::Manifest { track, manifest });
+                }
+                self.command(SchedulerCommand::Manifest { track, bytes });
+            }
+        }
+        self.input(Input::Command(cmd));
+    }
+
+    fn publish_status(&mut self) {
+        let now = self.now();
+        let s = self.core.scheduler();
+        let status = NodeStatus {
+            track: s.current_track(),
+            position_ms: s.position_ms(now),
+            buffer_ahead_ms: s.buffer_ahead_ms(now),
+            bytes: s
+                .current_stats()
+                .map(|p| p.bytes_by_source)
+                .unwrap_or_default(),
+            peers: self
+                .swarm
+                .connected_peers()
+                .filter(|p| Some(**p) != self.tracker)
+                .count(),
+            served_bytes: self.served_bytes,
+            held_tracks: self.announcer.held().len(),
+            announced: self.tracker.is_some() && self.announcer.synced(),
+        };
+        self.status.send_replace(status);
+    }
+
+    /// Carries out everything the cores want until they only have a timer left.
+    fn drain(&mut self) {
+        loop {
+            match self.core.poll_output() {
+                Output::Timeout(t) => {
+                    self.core_wake = t;
+                    break;
+                }
+                Output::Send { to, msg } => self.send(to, msg),
+                Output::Event(e) => self.on_core_event(e),
+            }
+        }
+        if let Some(tracker) = self.tracker {
+            let now = self.now();
+            if let Some(plan) = self.announcer.poll(now) {
+                let msg = Announce {
+                    replace: plan.replace,
+                    tracks: plan.tracks,
+                    removed: plan.removed,
+                    addrs: self.public_addrs(),
+                    via: None,
+                    region: self.region.clone(),
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .tracker
+                    .announce
+                    .send_request(&tracker, msg);
+            }
+        }
+    }
+
+    /// Our listen addresses others can dial (the unspecified 0.0.0.0 is not one).
+    fn public_addrs(&self) -> Vec<String> {
+        self.listen_addrs
+            .iter()
+            .filter(|a| {
+                !a.iter().any(|p| match p {
+                    Protocol::Ip4(ip) => ip.is_unspecified(),
+                    Protocol::Ip6(ip) => ip.is_unspecified(),
+                    _ => false,
+                })
+            })
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn send(&mut self, to: NodeId, msg: ChunkMsg) {
+        match msg {
+            ChunkMsg::Request(req) => {
+                if let Some((client, origin)) = &self.origin
+                    && *origin == to
+                {
+                    let client = client.clone();
+                    self.origin_request(client, to, req);
+                    return;
+                }
+                match self.nodes.get(&to) {
+                    Some(peer) => {
+                        let id = self.swarm.behaviour_mut().chunk.send_request(peer, req);
+                        self.outbound.insert(id, to);
+                    }
+                    // Unknown node (forgotten): it is as good as disconnected.
+                    None => self.input(Input::Disconnected(to)),
+                }
+            }
+            ChunkMsg::Response(resp) => {
+                let request = response_request(&resp);
+                let cancel = matches!(resp, ChunkResponse::Cancelled { .. });
+                if cancel {
+                    // The cancelled request gets no answer of its own.
+                    self.inbound.remove(&(to, request, false));
+                }
+                let served = matches!(
+                    resp,
+                    ChunkResponse::Chunk { .. } | ChunkResponse::Manifest { .. }
+                );
+                let delivered = match self.inbound.remove(&(to, request, cancel)) {
+                    Some(channel) => self
+                        .swarm
+                        .behaviour_mut()
+                        .chunk
+                        .send_response(channel, resp)
+                        .is_ok(),
+                    None => false,
+                };
+                // A response that never goes out frees its upload slot now (a sent one frees
+                // it on `ResponseSent`).
+                if served && !delivered {
+                    self.sent(to, request);
+                }
+            }
+        }
+    }
+
+    fn sent(&mut self, to: NodeId, request: u64) {
+        self.input(Input::Command(PeerCommand::Serve(ServerCommand::Sent {
+            to,
+            request,
+        })));
+    }
+
+    fn origin_request(&mut self, client: OriginClient, origin: NodeId, req: ChunkRequest) {
+        let tx = self.origin_tx.clone();
+        let answer = |e: OriginError, request: u64| match e {
+            OriginError::NotFound(_) => ChunkResponse::NotHave { request },
+            e => {
+                tracing::warn!("origin: {e}");
+                ChunkResponse::Busy {
+                    request,
+                    retry_after_ms: 1_000,
+                }
+            }
+        };
+        match req {
+            ChunkRequest::GetChunk { request, chunk, .. } => {
+                let task = tokio::spawn(async move {
+                    let resp = match client.chunk(&chunk).await {
+                        Ok(bytes) => ChunkResponse::Chunk { request, bytes },
+                        Err(e) => answer(e, request),
+                    };
+                    let _ = tx.send((origin, resp));
+                });
+                self.origin_tasks.insert(request, task.abort_handle());
+            }
+            ChunkRequest::GetManifest { request, track } => {
+                let task = tokio::spawn(async move {
+                    let resp = match client.manifest(&track).await {
+                        Ok((_, bytes)) => ChunkResponse::Manifest { request, bytes },
+                        Err(e) => answer(e, request),
+                    };
+                    let _ = tx.send((origin, resp));
+                });
+                self.origin_tasks.insert(request, task.abort_handle());
+            }
+            // The origin has everything; nobody asks it what it has.
+            ChunkRequest::QueryHave { request, .. } => {
+                let _ = tx.send((origin, ChunkResponse::NotHave { request }));
+            }
+            ChunkRequest::Cancel { request } => {
+                if let Some(task) = self.origin_tasks.remove(&request) {
+                    task.abort();
+                }
+                let _ = tx.send((origin, ChunkResponse::Cancelled { request }));
+            }
+        }
+    }
+
+    fn on_core_event(&mut self, e: PeerEvent) {
+        match e {
+            PeerEvent::Fetch(e) => self.on_fetch_event(e),
+            PeerEvent::Serve(ServerEvent::Load { to, request, item }) => {
+                let bytes = match item {
+                    crate::core::Item::Chunk(c) => self.cache.get_chunk(&c),
+                    crate::core::Item::Manifest(t) => self.cache.manifest_bytes(&t),
+                };
+                self.input(Input::Command(PeerCommand::Serve(ServerCommand::Loaded {
+                    to,
+                    request,
+                    bytes,
+                })));
+            }
+            PeerEvent::Serve(ServerEvent::Corrupt(item)) => {
+                if let crate::core::Item::Chunk(c) = item {
+                    self.cache.remove_chunk(&c);
+                    self.command(SchedulerCommand::CacheRemoved(c));
+                    if let Some(t) = self.track_of_chunk.get(&c).copied() {
+                        self.check_complete(t);
+                    }
+                }
+            }
+            PeerEvent::Serve(ServerEvent::Served { bytes, .. }) => self.served_bytes += bytes,
+        }
+    }
+
+    fn on_fetch_event(&mut self, e: SchedulerEvent) {
+        match e {
+            SchedulerEvent::ReadCache { chunk, .. } => {
+                let bytes = self.cache.get_chunk(&chunk);
+                self.command(SchedulerCommand::CacheData { chunk, bytes });
+            }
+            SchedulerEvent::ChunkReady {
+                track,
+                index,
+                chunk,
+                bytes,
+                store,
+                ..
+            } => {
+                if store {
+                    if let Err(e) = self.cache.put_chunk(&chunk, &bytes) {
+                        tracing::warn!("cannot cache chunk {chunk}: {e}");
+                        self.command(SchedulerCommand::CacheRemoved(chunk));
+                    }
+                    self.check_complete(track);
+                }
+                let _ = self.events.send(NodeEvent::Chunk {
+                    track,
+                    index,
+                    bytes,
+                });
+            }
+            SchedulerEvent::ManifestReady { track, bytes } => {
+                if let Err(e) = self.cache.put_manifest(&track, &bytes) {
+                    tracing::warn!("cannot cache manifest of {track}: {e}");
+                }
+                if let Ok(manifest) = Manifest::decode(&bytes) {
+                    self.learn_track(track, &manifest);
+                    let _ = self.events.send(NodeEvent::Manifest { track, manifest });
+                }
+            }
+            SchedulerEvent::Evict(chunk) => {
+                self.cache.remove_chunk(&chunk);
+                if let Some(t) = self.track_of_chunk.get(&chunk).copied() {
+                    self.check_complete(t);
+                }
+            }
+            SchedulerEvent::NeedPeers(track) => self.lookup(track),
+            SchedulerEvent::PlayStarted {
+                track,
+                time_to_first_audio_ms,
+                ..
+            } => {
+                let _ = self.events.send(NodeEvent::PlayStarted {
+                    track,
+                    time_to_first_audio_ms,
+                });
+            }
+            SchedulerEvent::Stutter { track, .. } => {
+                let _ = self.events.send(NodeEvent::Stutter { track });
+            }
+            SchedulerEvent::TrackFinished(stats) => {
+                let _ = self.events.send(NodeEvent::Finished(stats));
+            }
+            SchedulerEvent::PeerBanned { peer, reason } => {
+                if let Some(p) = self.nodes.get(&peer).copied() {
+                    tracing::warn!(%p, ?reason, "peer banned");
+                    let _ = self.swarm.disconnect_peer_id(p);
+                    let _ = self.events.send(NodeEvent::Banned { peer: p });
+                }
+            }
+            SchedulerEvent::TrackInvalid(track) => {
+                let _ = self.events.send(NodeEvent::TrackInvalid(track));
+            }
+            SchedulerEvent::Resumed { .. } | SchedulerEvent::QueueFull(_) => {}
+        }
+    }
+
+    fn lookup(&mut self, track: TrackId) {
+        let Some(tracker) = self.tracker else {
+            // Nobody to ask: the origin alone serves.
+            self.command(SchedulerCommand::Peers {
+                track,
+                peers: Vec::new(),
+            });
+            return;
+        };
+        if self
+            .last_lookup
+            .get(&track)
+            .is_some_and(|t| t.elapsed() < self.min_lookup_interval)
+        {
+            return;
+        }
+        if self.last_lookup.len() > 4096 {
+            self.last_lookup.clear();
+        }
+        self.last_lookup.insert(track, Instant::now());
+        let id = self.swarm.behaviour_mut().tracker.lookup.send_request(
+            &tracker,
+            LookupRequest::Holders {
+                track,
+                limit: self.lookup_limit,
+            },
+        );
+        self.lookups.insert(id, track);
+    }
+
+    fn on_holders(&mut self, track: TrackId, holders: Vec<shoal_protocol::wire::Holder>) {
+        let me = self.swarm.local_peer_id().to_bytes();
+        let mut peers = Vec::new();
+        for h in holders {
+            if h.peer.peer_id == me {
+                continue;
+            }
+            let Ok(peer) = PeerId::from_bytes(&h.peer.peer_id) else {
+                continue;
+            };
+            for a in &h.peer.addrs {
+                if let Ok(addr) = a.parse::<Multiaddr>() {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+            }
+            let node = node_of(&peer);
+            self.nodes.insert(node, peer);
+            peers.push(PeerInfo {
+                node,
+                superpeer: false,
+                rtt_ms: None,
+            });
+        }
+        tracing::debug!(%track, holders = peers.len(), "holders");
+        self.command(SchedulerCommand::Peers { track, peers });
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<PeerBehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(e)) => self.on_chunk(e),
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Tracker(e)) => self.on_tracker(e),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } if Some(peer_id) != self.tracker && num_established.get() == 1 => {
+                let node = node_of(&peer_id);
+                self.nodes.insert(node, peer_id);
+                self.input(Input::Connected(node));
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                if Some(peer_id) == self.tracker {
+                    let now = self.now();
+                    self.announcer.reset(now);
+                } else {
+                    self.input(Input::Disconnected(node_of(&peer_id)));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_chunk(&mut self, e: request_response::Event<ChunkRequest, ChunkResponse>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request_id,
+                    request,
+                    channel,
+                } => {
+                    let node = node_of(&peer);
+                    self.nodes.insert(node, peer);
+                    let key = request_key(node, &request);
+                    self.inbound.insert(key, channel);
+                    if !key.2 {
+                        self.inbound_ids.insert(request_id, (node, key.1));
+                    }
+                    self.input(Input::Message {
+                        from: node,
+                        msg: ChunkMsg::Request(request),
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let node = self
+                        .outbound
+                        .remove(&request_id)
+                        .unwrap_or_else(|| node_of(&peer));
+                    self.input(Input::Message {
+                        from: node,
+                        msg: ChunkMsg::Response(response),
+                    });
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.outbound.remove(&request_id);
+                if matches!(
+                    error,
+                    OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed
+                ) && !self.swarm.is_connected(&peer)
+                {
+                    self.input(Input::Disconnected(node_of(&peer)));
+                }
+            }
+            request_response::Event::InboundFailure { request_id, .. }
+            | request_response::Event::ResponseSent { request_id, .. } => {
+                if let Some((node, request)) = self.inbound_ids.remove(&request_id) {
+                    self.inbound.remove(&(node, request, false));
+                    self.sent(node, request);
+                }
+            }
+        }
+    }
+
+    fn on_tracker(&mut self, e: BehaviourEvent) {
+        let now = self.now();
+        match e {
+            BehaviourEvent::Announce(request_response::Event::Message {
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => match response {
+                AnnounceResponse::Accepted { ttl_secs } => {
+                    self.announcer.answered(now, Some(ttl_secs));
+                }
+                AnnounceResponse::Rejected { reason } => {
+                    tracing::warn!("tracker rejected our announce: {reason}");
+                    self.announcer.answered(now, None);
+                }
+            },
+            BehaviourEvent::Announce(request_response::Event::OutboundFailure {
+                error, ..
+            }) => {
+                tracing::warn!("announce failed: {error}");
+                self.announcer.answered(now, None);
+            }
+            BehaviourEvent::Lookup(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => {
+                let asked = self.lookups.remove(&request_id);
+                match response {
+                    LookupResponse::Holders { track, holders } if asked == Some(track) => {
+                        self.on_holders(track, holders);
+                    }
+                    LookupResponse::Error { reason } => {
+                        tracing::warn!("lookup failed: {reason}");
+                        if let Some(track) = asked {
+                            self.command(SchedulerCommand::Peers {
+                                track,
+                                peers: Vec::new(),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            BehaviourEvent::Lookup(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(track) = self.lookups.remove(&request_id) {
+                    // The core waits for an answer before it leans on the origin: give it one.
+                    self.command(SchedulerCommand::Peers {
+                        track,
+                        peers: Vec::new(),
+                    });
+                }
+                tracing::warn!("lookup failed: {error}");
+            }
+            _ => {}
+        }
+    }
+}

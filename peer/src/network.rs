@@ -39,9 +39,11 @@ pub async fn start_node(opts: &NetOptions) -> Result<Started> {
     let origin = OriginClient::new(&opts.tracker)?;
     let tracker = match TrackerEndpoint::discover(&origin).await {
         Ok(t) => Some(t),
-        Err(e) if e.to_string().contains("cannot connect") => {
-            bail!("cannot reach the tracker at {}: {e}", opts.tracker)
-        }
+        Err(e) if e.to_string().contains("cannot connect") => bail!(
+            "cannot reach the tracker at {} (is `shoal-tracker serve` running there? \
+             pass --tracker URL)",
+            opts.tracker
+        ),
         Err(e) => {
             tracing::warn!("{e}; no peers, only the origin will serve");
             None

@@ -139,6 +139,20 @@ pub trait Cores {
     /// client starts).
     fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>);
 
+    /// `node`'s client quit (its session ended; the `SessionEnd` commands were applied and
+    /// drained). Returns the core to keep it in memory while offline (the default), or `None`
+    /// to drop it: the core set then keeps only what the client keeps on disk and builds the
+    /// core afresh in [`Cores::restart`], as a real client does when it starts again.
+    fn quit(&mut self, _node: u32, core: Self::Core) -> Option<Self::Core> {
+        Some(core)
+    }
+
+    /// `node`'s client starts again after [`Cores::quit`] dropped its core: a fresh core from
+    /// what is on its disk (called before the `SessionStart` commands).
+    fn restart(&mut self, _now: Time, _node: u32) -> Option<Self::Core> {
+        None
+    }
+
     /// A [`Feedback::Timer`] of `node`'s driver fired (only while the node is online).
     fn on_timer(
         &mut self,

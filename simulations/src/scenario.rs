@@ -475,10 +475,10 @@ pub struct CatalogSection {
     pub bitrate_kbps: f64,
     /// New releases: tracks that become hot suddenly (`[[catalog.releases]]`).
     pub releases: Vec<Release>,
-    /// Chunk payloads carry `1/payload_scale` of the bytes they model (default 64). The wire
+    /// Chunk payloads carry `1/payload_scale` of the bytes they model (default 256). The wire
     /// model still charges the modelled size, and every byte-valued threshold handed to the
     /// cores (cache size, upload rate and burst, initial rate estimates) is divided by the
-    /// same factor, so the cores decide in consistent units while hashing and copying 64×
+    /// same factor, so the cores decide in consistent units while hashing and copying 256×
     /// less. Statistics are scaled back. 1 = real-size payloads (exact, slow).
     pub payload_scale: u32,
 }
@@ -494,7 +494,7 @@ impl Default for CatalogSection {
             },
             bitrate_kbps: 160.0,
             releases: Vec::new(),
-            payload_scale: 64,
+            payload_scale: 256,
         }
     }
 }

@@ -202,6 +202,11 @@ struct PeerDriver {
     /// The super-peer it attaches to (nearest), for `via`.
     via: Option<NodeId>,
     region: Box<str>,
+    /// The core's configuration, to build it again when the client restarts.
+    config: Option<PeerConfig>,
+    /// While the client is not running: the chunks its disk cache holds, least recently used
+    /// first, as `track << 32 | index` (what a restarting client reads back from its disk).
+    disk: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -544,7 +549,7 @@ impl Cores for ShoalCores {
                 sch.initial_origin_rate = self.scaled(sch.initial_origin_rate);
                 cfg.server.upload_rate = self.scaled(info.upload_cap_bps.max(1.0) as u64);
                 cfg.server.upload_burst = self.scaled(cfg.server.upload_burst);
-                let mut core = PeerCore::new(cfg);
+                let mut core = PeerCore::new(cfg.clone());
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -552,6 +557,7 @@ impl Cores for ShoalCores {
                 let mut driver = PeerDriver {
                     via: info.superpeers.first().copied(),
                     region: info.region.into(),
+                    config: Some(cfg),
                     ..PeerDriver::default()
                 };
                 // The disk cache as the listening history left it: manifests and chunks,
@@ -612,6 +618,70 @@ impl Cores for ShoalCores {
             // Its core has not landed: super-peers relay at the transport level only.
             Role::SuperPeer => None,
         }
+    }
+
+    /// A quitting client's core is dropped; the driver keeps what its disk holds (the cache's
+    /// chunks in LRU order, compactly, and which manifests it stores). Everything else the
+    /// core knew (rates, RTTs, bans, holder lists, the play queue) is process memory that a
+    /// real client loses when it quits too.
+    fn quit(&mut self, node: u32, core: SimNode) -> Option<SimNode> {
+        let SimNode::Peer(c) = core else {
+            return Some(core);
+        };
+        let disk: Vec<u64> = c
+            .scheduler()
+            .cache()
+            .oldest_first()
+            .filter_map(|(id, _)| self.catalog.locate(&id))
+            .map(|(t, i)| u64::from(t) << 32 | u64::from(i))
+            .collect();
+        drop(c);
+        match self.peers.get_mut(node as usize) {
+            Some(p) if p.config.is_some() => {
+                p.disk = disk;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// What the real driver does at start-up (`load_cache`): every cached chunk, oldest
+    /// first (`CacheHas`), then the manifests of the tracks it holds chunks of, then the
+    /// origin. (The real client also loads manifests of tracks it holds no chunk of; they
+    /// only let it serve those manifests.)
+    fn restart(&mut self, now: Time, node: u32) -> Option<SimNode> {
+        let origin = self.origins.first().copied();
+        let p = self.peers.get_mut(node as usize)?;
+        let mut core = PeerCore::new(p.config.clone()?);
+        let disk = std::mem::take(&mut p.disk);
+        let mut tracks: Vec<u32> = p.held.keys().copied().collect();
+        tracks.sort_unstable();
+        let cmd = |c| Input::Command(PeerCommand::Fetch(c));
+        for packed in disk {
+            let (t, i) = ((packed >> 32) as u32, packed as u32);
+            let track = self.catalog.track(t);
+            if let Some(c) = track.chunks.get(i as usize) {
+                core.handle_input(
+                    now,
+                    cmd(SchedulerCommand::CacheHas {
+                        chunk: c.id,
+                        len: c.len,
+                    }),
+                );
+            }
+        }
+        for t in tracks {
+            let track = self.catalog.track(t);
+            core.handle_input(
+                now,
+                cmd(SchedulerCommand::Manifest {
+                    track: track.id,
+                    bytes: track.manifest.clone(),
+                }),
+            );
+        }
+        core.handle_input(now, cmd(SchedulerCommand::SetOrigin(origin)));
+        Some(SimNode::Peer(Box::new(core)))
     }
 
     fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
@@ -929,6 +999,48 @@ mod tests {
         let nodes: Vec<NodeId> = holders.iter().filter_map(|h| node_of(&h.peer)).collect();
         // Same cluster first, then same region (most recent first), never the asker.
         assert_eq!(nodes, [3, 2, 1].map(NodeId::from_index));
+    }
+
+    #[test]
+    fn a_restarted_client_reloads_its_disk_cache() {
+        let s = Scenario::default();
+        let mut cores = ShoalCores::new(&s, 3);
+        let origins = [NodeId::from_index(10)];
+        let history = [5u32, 6, 7, 5, 8];
+        let info = NodeInfo {
+            id: NodeId::from_index(0),
+            role: Role::Peer,
+            region: "SE",
+            nat: crate::net::Nat::Open,
+            upload_cap_bps: 1e6,
+            cache_bytes: 1 << 30,
+            history: &history,
+            tracker: NodeId::from_index(11),
+            origins: &origins,
+            superpeers: &[],
+            seed: 1,
+        };
+        let Some(SimNode::Peer(core)) = cores.spawn(&info) else {
+            panic!("a peer core");
+        };
+        let before: Vec<_> = core.scheduler().cache().oldest_first().collect();
+        assert_eq!(
+            before.len(),
+            (5..=8)
+                .map(|t| cores.catalog.track(t).chunks.len())
+                .sum::<usize>()
+        );
+        assert!(cores.quit(0, SimNode::Peer(core)).is_none(), "dropped");
+        assert!(!cores.peers[0].disk.is_empty(), "the disk stays");
+        let Some(SimNode::Peer(again)) = cores.restart(Time::from_millis(60_000), 0) else {
+            panic!("rebuilt");
+        };
+        let after: Vec<_> = again.scheduler().cache().oldest_first().collect();
+        assert_eq!(before, after, "same chunks, same LRU order");
+        assert!(cores.peers[0].disk.is_empty());
+        // Manifests of held tracks are back too: the server answers for them.
+        let t = cores.catalog.track(6);
+        assert!(again.server().holds(&t.chunks[0].id));
     }
 
     #[test]

@@ -376,6 +376,12 @@ impl<C: Cores> World<C> {
                 self.drain(i);
             }
         }
+        // Clients that start offline are not running.
+        for i in 0..self.peers {
+            if !self.listeners[i as usize].online {
+                self.quit(i);
+            }
+        }
         let mut next_progress = 0u64;
         while let Some(t) = self.engine.peek_time() {
             if t > end {
@@ -645,6 +651,13 @@ impl<C: Cores> World<C> {
         }
     }
 
+    /// The client of `node` quit: the core set keeps or drops its core.
+    fn quit(&mut self, node: u32) {
+        if let Some(core) = self.slots[node as usize].core.take() {
+            self.slots[node as usize].core = self.cores.quit(node, core);
+        }
+    }
+
     fn command(&mut self, node: u32, action: Listen) {
         let mut fb = Vec::new();
         self.cores.commands(node, action, &mut fb);
@@ -682,6 +695,10 @@ impl<C: Cores> World<C> {
         match kind {
             SESSION_START => {
                 self.start_session(node, now);
+                if self.slots[node as usize].core.is_none() {
+                    self.slots[node as usize].core = self.cores.restart(now, node);
+                    self.drain(node);
+                }
                 self.command(node, Listen::SessionStart);
                 let m = self.s.churn.session_min.sample(&mut self.churn_rng);
                 let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
@@ -696,6 +713,7 @@ impl<C: Cores> World<C> {
             }
             SESSION_END => {
                 self.command(node, Listen::SessionEnd);
+                self.quit(node);
                 self.links[node as usize].up = false;
                 let l = &mut self.listeners[node as usize];
                 l.online = false;

@@ -14,6 +14,8 @@ packages=(
   postgresql       # a throw-away PostgreSQL for the catalog tests (scripts/services.sh)
   python3-venv     # moto_server, the S3-compatible server for the origin-store tests
   curl
+  iproute2         # `ip netns`: the NAT tests build hosts from network namespaces
+  iptables         # NAT (MASQUERADE, conntrack) inside those namespaces
 )
 
 missing=()

@@ -181,6 +181,7 @@ async fn run_in(opts: &DemoOptions, tracker_bin: &Path, dir: &Path) -> Result<()
         listen: vec![loopback.clone()],
         region: None,
         upload_bytes_per_s: None,
+        superpeers: Vec::new(),
     };
     eprintln!(
         "== starting {} seeding peers with \"{}\"",

@@ -125,7 +125,8 @@ enum CacheAction {
 /// Network options shared by `play`, `serve` and `demo`'s peers.
 #[derive(Debug, Clone, clap::Args)]
 struct NetArgs {
-    /// A TOML file with any of: tracker, cache, cache_limit_mib, listen, region, upload_kib_s.
+    /// A TOML file with any of: tracker, cache, cache_limit_mib, listen, region, upload_kib_s,
+    /// superpeers.
     /// Flags win over the file.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -147,6 +148,10 @@ struct NetArgs {
     /// Upload limit for serving other peers, KiB/s [default: 1000].
     #[arg(long, value_name = "KIB_PER_S")]
     upload_kib_s: Option<u64>,
+    /// A super-peer to attach to when behind NAT (MULTIADDR ending in /p2p/PEER_ID),
+    /// repeatable; the nearest by round-trip time is used.
+    #[arg(long = "superpeer", value_name = "MULTIADDR")]
+    superpeers: Vec<libp2p::Multiaddr>,
 }
 
 /// The `--config` file of the network commands; every field is optional.
@@ -165,6 +170,8 @@ struct FileConfig {
     region: Option<String>,
     /// Upload limit, KiB/s.
     upload_kib_s: Option<u64>,
+    /// Super-peers to attach to (multiaddrs ending in /p2p/PEER_ID).
+    superpeers: Option<Vec<String>>,
 }
 
 mod demo;
@@ -202,6 +209,23 @@ impl NetArgs {
         } else {
             Vec::new()
         };
+        let superpeers = if !self.superpeers.is_empty() {
+            self.superpeers
+        } else if let Some(list) = file.superpeers {
+            list.iter()
+                .map(|a| {
+                    a.parse()
+                        .with_context(|| format!("bad super-peer address {a:?} in the config file"))
+                })
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        for sp in &superpeers {
+            if !matches!(sp.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                bail!("super-peer address {sp} must end in /p2p/PEER_ID");
+            }
+        }
         let cache = self
             .cache
             .or(file.cache)
@@ -225,6 +249,7 @@ impl NetArgs {
                 .upload_kib_s
                 .or(file.upload_kib_s)
                 .map(|k| k.saturating_mul(1024)),
+            superpeers,
         })
     }
 }

@@ -25,6 +25,7 @@ pub struct NetOptions {
     pub listen: Vec<libp2p::Multiaddr>,
     pub region: Option<String>,
     pub upload_bytes_per_s: Option<u64>,
+    pub superpeers: Vec<libp2p::Multiaddr>,
 }
 
 /// A started node with its origin client.
@@ -60,6 +61,7 @@ pub async fn start_node(opts: &NetOptions) -> Result<Started> {
     config.tracker = tracker;
     config.origin = Some(origin.clone());
     config.region = opts.region.clone();
+    config.superpeers = opts.superpeers.clone();
     if let Some(rate) = opts.upload_bytes_per_s {
         config.peer.server.upload_rate = rate.max(1);
     }
@@ -297,13 +299,25 @@ pub async fn play_on(
             human(b.origin),
             100.0 * b.origin as f64 / total,
         );
-        reports.push(PlayReport::new(
+        let mut report = PlayReport::new(
             stats.track,
             stats.time_to_first_audio_ms.map(|ms| ms as f64),
             stats.stutters,
             frames,
             b,
-        ));
+        );
+        let s = node.status();
+        if s.relayed_bytes > 0 {
+            eprintln!(
+                "peers' bytes: {} relayed through a super-peer, {} direct ({} connections upgraded to direct)",
+                human(s.relayed_bytes),
+                human(s.direct_bytes),
+                s.direct_upgrades
+            );
+        }
+        report.relayed_bytes = Some(s.relayed_bytes);
+        report.direct_bytes = Some(s.direct_bytes);
+        reports.push(report);
     }
     if interrupted {
         eprintln!("interrupted");

@@ -8,6 +8,7 @@
 //!   concurrent uploads.
 //! - [`CacheIndex`]: the LRU policy of the disk cache.
 //! - [`Announcer`]: when to tell the tracker what we hold.
+//! - [`Attacher`]: which super-peer to attach to (relay reservation, cluster).
 //! - [`PeerCore`]: both sides wired together as one [`Core`], the way the driver and the
 //!   simulator run a listener: it keeps the server's servable set in step with the cache and
 //!   throttles serving while our own playback is short of data.
@@ -20,6 +21,7 @@ use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
 use shoal_protocol::{Core, Input, Output, Time};
 
 mod announce;
+mod attach;
 mod cache;
 mod config;
 mod scheduler;
@@ -32,6 +34,7 @@ mod testnet;
 mod tests;
 
 pub use announce::{AnnounceConfig, AnnouncePlan, Announcer};
+pub use attach::{AttachConfig, Attacher};
 pub use cache::CacheIndex;
 pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
 pub use scheduler::{

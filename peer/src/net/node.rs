@@ -12,11 +12,15 @@ use libp2p::identity::Keypair;
 use libp2p::request_response::{
     self, InboundRequestId, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, multiaddr::Protocol, noise, tcp, yamux};
+use libp2p::core::transport::ListenerId;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, multiaddr::Protocol, noise, ping,
+    relay, tcp, yamux,
+};
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, CHUNK_PROTOCOL, ChunkRequest, ChunkResponse, LookupRequest,
-    LookupResponse,
+    LookupResponse, PeerContact,
 };
 use shoal_protocol::{ChunkId, Core, Input, Manifest, NodeId, Output, Time, TrackId};
 use shoal_tracker::net::p2p::{Behaviour as TrackerBehaviour, BehaviourEvent, FrameCodec};
@@ -26,7 +30,7 @@ use tokio::task::JoinHandle;
 use super::cache::DiskCache;
 use super::origin::{OriginClient, OriginError};
 use crate::core::{
-    AnnounceConfig, Announcer, BytesBySource, ChunkMsg, PeerCommand, PeerConfig, PeerCore,
+    AnnounceConfig, Announcer, AttachConfig, Attacher, BytesBySource, ChunkMsg, PeerCommand, PeerConfig, PeerCore,
     PeerEvent, PeerInfo, PlayStats, SchedulerCommand, SchedulerEvent, ServerCommand, ServerEvent,
 };
 
@@ -36,28 +40,71 @@ pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
 /// Default libp2p port of a peer (0: any free port; a desktop peer has no fixed port).
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"];
 
-/// Chunk protocol, tracker protocols, identify and ping.
+/// Chunk protocol, tracker protocols, identify and ping; behind NAT, the relay client (a
+/// reservation on a super-peer), DCUtR (hole punching to upgrade relayed connections) and
+/// AutoNAT (are we reachable?).
 #[derive(NetworkBehaviour)]
 pub struct PeerBehaviour {
     /// `/shoal/chunk/1`, both ways.
     pub chunk: request_response::Behaviour<ChunkCodec>,
     /// Announce and lookup (outbound), identify and ping.
     pub tracker: TrackerBehaviour,
+    /// Circuit relay v2 client (only with super-peers configured).
+    pub relay: Toggle<relay::client::Behaviour>,
+    /// Direct connection upgrade through relay.
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Reachability probes (answered by super-peers).
+    pub autonat: Toggle<autonat::Behaviour>,
 }
 
 impl PeerBehaviour {
     /// The behaviour of a peer with `key`; `request_timeout` bounds one libp2p request (the
-    /// scheduler's own, shorter, timeouts decide retries).
+    /// scheduler's own, shorter, timeouts decide retries). No relay, DCUtR or AutoNAT.
     pub fn new(key: &Keypair, request_timeout: Duration) -> Self {
+        Self::build(key, None, request_timeout)
+    }
+
+    /// A leaf's behaviour: with `relay` (from the swarm builder's relay transport), DCUtR and
+    /// AutoNAT.
+    pub fn with_relay(
+        key: &Keypair,
+        relay: relay::client::Behaviour,
+        request_timeout: Duration,
+    ) -> Self {
+        Self::build(key, Some(relay), request_timeout)
+    }
+
+    fn build(
+        key: &Keypair,
+        relay: Option<relay::client::Behaviour>,
+        request_timeout: Duration,
+    ) -> Self {
         let rr = request_response::Config::default()
             .with_request_timeout(request_timeout)
             .with_max_concurrent_streams(256);
+        let me = key.public().to_peer_id();
+        let leaf = relay.is_some();
         Self {
             chunk: request_response::Behaviour::new(
                 [(StreamProtocol::new(CHUNK_PROTOCOL), ProtocolSupport::Full)],
                 rr,
             ),
             tracker: TrackerBehaviour::new(key, ProtocolSupport::Outbound, request_timeout),
+            relay: relay.into(),
+            dcutr: leaf.then(|| dcutr::Behaviour::new(me)).into(),
+            autonat: leaf
+                .then(|| {
+                    autonat::Behaviour::new(
+                        me,
+                        autonat::Config {
+                            // Loopback and private test networks count too.
+                            only_global_ips: false,
+                            boot_delay: Duration::from_secs(1),
+                            ..autonat::Config::default()
+                        },
+                    )
+                })
+                .into(),
         }
     }
 }
@@ -142,9 +189,27 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Least time between two lookups of the same track's holders.
     pub min_lookup_interval: Duration,
+    /// Super-peers to attach to when behind NAT (multiaddrs ending in `/p2p/PEER_ID`).
+    pub superpeers: Vec<Multiaddr>,
+    /// Attachment timing.
+    pub attach: AttachConfig,
 }
 
 impl NodeConfig {
+    /// The configured super-peers' node ids, in configuration order.
+    fn superpeers_order(&self, known: &HashMap<NodeId, (PeerId, Multiaddr)>) -> Vec<NodeId> {
+        let mut out = Vec::new();
+        for sp in &self.superpeers {
+            if let Some(Protocol::P2p(id)) = sp.iter().last() {
+                let n = node_of(&id);
+                if known.contains_key(&n) && !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
     /// Defaults for `keypair`: listen on any port (QUIC and TCP), no tracker, no origin.
     pub fn new(keypair: Keypair) -> Self {
         Self {
@@ -161,6 +226,8 @@ impl NodeConfig {
             lookup_limit: 16,
             request_timeout: Duration::from_secs(30),
             min_lookup_interval: Duration::from_secs(2),
+            superpeers: Vec::new(),
+            attach: AttachConfig::default(),
         }
     }
 }
@@ -226,6 +293,14 @@ pub struct NodeStatus {
     pub held_tracks: usize,
     /// The tracker has accepted our holdings (false without a tracker).
     pub announced: bool,
+    /// The super-peer we are attached to (relay reservation), if any.
+    pub superpeer: Option<PeerId>,
+    /// Chunk and manifest bytes received over relayed connections.
+    pub relayed_bytes: u64,
+    /// Chunk and manifest bytes received over direct connections.
+    pub direct_bytes: u64,
+    /// Relayed connections upgraded to direct ones (DCUtR).
+    pub direct_upgrades: u64,
 }
 
 enum Control {
@@ -261,7 +336,7 @@ impl PeerNode {
     ) -> Result<(Self, mpsc::UnboundedReceiver<NodeEvent>), NodeError> {
         let peer_id = config.keypair.public().to_peer_id();
         let timeout = config.request_timeout;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        let builder = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -269,11 +344,44 @@ impl PeerNode {
                 yamux::Config::default,
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_quic()
-            .with_behaviour(|key| PeerBehaviour::new(key, timeout))
-            .map_err(|e| NodeError::Transport(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+            .with_quic();
+        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let mut swarm = if config.superpeers.is_empty() {
+            builder
+                .with_behaviour(|key| PeerBehaviour::new(key, timeout))
+                .map_err(|e| NodeError::Transport(e.to_string()))?
+                .with_swarm_config(idle)
+                .build()
+        } else {
+            builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| NodeError::Transport(e.to_string()))?
+                .with_behaviour(|key, relay| PeerBehaviour::with_relay(key, relay, timeout))
+                .map_err(|e| NodeError::Transport(e.to_string()))?
+                .with_swarm_config(idle)
+                .build()
+        };
+        let mut superpeers = HashMap::new();
+        for sp in &config.superpeers {
+            let Some(Protocol::P2p(sp_id)) = sp.iter().last() else {
+                return Err(NodeError::Listen {
+                    addr: sp.clone(),
+                    reason: "a super-peer address must end in /p2p/PEER_ID".into(),
+                });
+            };
+            let base: Multiaddr = sp
+                .iter()
+                .filter(|p| !matches!(p, Protocol::P2p(_)))
+                .collect();
+            swarm.add_peer_address(sp_id, base.clone());
+            if let Some(a) = swarm.behaviour_mut().autonat.as_mut() {
+                a.add_server(sp_id, Some(base.clone()));
+            }
+            if let Err(e) = swarm.dial(sp_id) {
+                tracing::warn!("cannot dial super-peer {sp}: {e}");
+            }
+            superpeers.insert(node_of(&sp_id), (sp_id, base));
+        }
         for addr in &config.listen {
             swarm
                 .listen_on(addr.clone())
@@ -374,6 +482,17 @@ impl PeerNode {
             track_of_chunk: HashMap::new(),
             chunks_of_track: HashMap::new(),
             listen_addrs: listen_addrs.clone(),
+            attacher: Attacher::new(
+                config.attach.clone(),
+                config.superpeers_order(&superpeers),
+                Time::ZERO,
+            ),
+            superpeers,
+            attach_listener: None,
+            relayed_conns: std::collections::HashSet::new(),
+            relayed_bytes: 0,
+            direct_bytes: 0,
+            upgrades: 0,
             events: events_tx,
             status: status_tx,
             served_bytes: 0,
@@ -458,6 +577,15 @@ struct Driver {
     track_of_chunk: HashMap<ChunkId, TrackId>,
     chunks_of_track: HashMap<TrackId, Vec<ChunkId>>,
     listen_addrs: Vec<Multiaddr>,
+    attacher: Attacher,
+    /// Configured super-peers: PeerId and address (without `/p2p`).
+    superpeers: HashMap<NodeId, (PeerId, Multiaddr)>,
+    /// The relay listener of our current reservation.
+    attach_listener: Option<(NodeId, ListenerId)>,
+    relayed_conns: std::collections::HashSet<libp2p::swarm::ConnectionId>,
+    relayed_bytes: u64,
+    direct_bytes: u64,
+    upgrades: u64,
     events: mpsc::UnboundedSender<NodeEvent>,
     status: watch::Sender<NodeStatus>,
     served_bytes: u64,
@@ -553,11 +681,14 @@ impl Driver {
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             self.drain();
-            let wake = self.core_wake.min(if self.tracker.is_some() {
-                self.announcer.next_wake()
-            } else {
-                Time::NEVER
-            });
+            let wake = self
+                .core_wake
+                .min(if self.tracker.is_some() {
+                    self.announcer.next_wake()
+                } else {
+                    Time::NEVER
+                })
+                .min(self.attacher.next_wake(self.now()));
             let sleep = if wake == Time::NEVER {
                 Duration::from_secs(3600)
             } else {
@@ -618,6 +749,14 @@ impl Driver {
             served_bytes: self.served_bytes,
             held_tracks: self.announcer.held().len(),
             announced: self.tracker.is_some() && self.announcer.synced(),
+            superpeer: self
+                .attacher
+                .current()
+                .and_then(|n| self.superpeers.get(&n))
+                .map(|(p, _)| *p),
+            relayed_bytes: self.relayed_bytes,
+            direct_bytes: self.direct_bytes,
+            direct_upgrades: self.upgrades,
         };
         self.status.send_replace(status);
     }
@@ -634,15 +773,24 @@ impl Driver {
                 Output::Event(e) => self.on_core_event(e),
             }
         }
+        self.reconcile_attachment();
         if let Some(tracker) = self.tracker {
             let now = self.now();
             if let Some(plan) = self.announcer.poll(now) {
+                let via = self
+                    .attacher
+                    .current()
+                    .and_then(|n| self.superpeers.get(&n))
+                    .map(|(p, a)| PeerContact {
+                        peer_id: p.to_bytes(),
+                        addrs: vec![a.to_string()],
+                    });
                 let msg = Announce {
                     replace: plan.replace,
                     tracks: plan.tracks,
                     removed: plan.removed,
                     addrs: self.public_addrs(),
-                    via: None,
+                    via,
                     region: self.region.clone(),
                 };
                 self.swarm
@@ -650,6 +798,34 @@ impl Driver {
                     .tracker
                     .announce
                     .send_request(&tracker, msg);
+            }
+        }
+    }
+
+    /// Holds the relay reservation where the [`Attacher`] says.
+    fn reconcile_attachment(&mut self) {
+        let now = self.now();
+        let want = self.attacher.choice(now);
+        if want == self.attach_listener.map(|(n, _)| n) {
+            return;
+        }
+        if let Some((_, id)) = self.attach_listener.take() {
+            self.swarm.remove_listener(id);
+            self.announcer.reset(now);
+        }
+        let Some(n) = want else { return };
+        let Some((sp, addr)) = self.superpeers.get(&n).cloned() else {
+            return;
+        };
+        let circuit = addr.with(Protocol::P2p(sp)).with(Protocol::P2pCircuit);
+        match self.swarm.listen_on(circuit.clone()) {
+            Ok(id) => {
+                tracing::info!(%sp, "asking super-peer for a relay reservation");
+                self.attach_listener = Some((n, id));
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen on {circuit}: {e}");
+                self.attacher.lost(now, n);
             }
         }
     }
@@ -915,6 +1091,23 @@ impl Driver {
                     self.swarm.add_peer_address(peer, addr);
                 }
             }
+            // Behind NAT: reachable through its super-peer's relay.
+            if let Some(via) = &h.via
+                && let Ok(via_id) = PeerId::from_bytes(&via.peer_id)
+            {
+                for a in &via.addrs {
+                    if let Ok(addr) = a.parse::<Multiaddr>() {
+                        let base: Multiaddr = addr
+                            .iter()
+                            .filter(|p| !matches!(p, Protocol::P2p(_)))
+                            .collect();
+                        self.swarm.add_peer_address(
+                            peer,
+                            base.with(Protocol::P2p(via_id)).with(Protocol::P2pCircuit),
+                        );
+                    }
+                }
+            }
             let node = node_of(&peer);
             self.nodes.insert(node, peer);
             peers.push(PeerInfo {
@@ -928,28 +1121,93 @@ impl Driver {
     }
 
     fn on_swarm(&mut self, ev: SwarmEvent<PeerBehaviourEvent>) {
+        let now = self.now();
         match ev {
             SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(e)) => self.on_chunk(e),
             SwarmEvent::Behaviour(PeerBehaviourEvent::Tracker(e)) => self.on_tracker(e),
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Relay(
+                relay::client::Event::ReservationReqAccepted {
+                    relay_peer_id,
+                    renewal: false,
+                    ..
+                },
+            )) => {
+                tracing::info!(superpeer = %relay_peer_id, "attached: reachable through the super-peer's relay");
+                self.attacher.attached(node_of(&relay_peer_id));
+                self.announcer.reset(now);
+            }
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Relay(_)) => {}
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    self.upgrades += 1;
+                    tracing::info!(peer = %remote_peer_id, "relayed connection upgraded to direct");
+                }
+                Err(e) => tracing::info!(peer = %remote_peer_id, "no direct connection: {e}"),
+            },
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Autonat(
+                autonat::Event::StatusChanged { new, .. },
+            )) => {
+                tracing::info!("reachability: {new:?}");
+                match new {
+                    autonat::NatStatus::Public(_) => self.attacher.set_public(true),
+                    autonat::NatStatus::Private => self.attacher.set_public(false),
+                    autonat::NatStatus::Unknown => {}
+                }
+            }
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Autonat(_)) => {}
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
+                endpoint,
                 num_established,
                 ..
-            } if Some(peer_id) != self.tracker && num_established.get() == 1 => {
-                let node = node_of(&peer_id);
-                self.nodes.insert(node, peer_id);
-                self.input(Input::Connected(node));
+            } => {
+                if endpoint
+                    .get_remote_address()
+                    .iter()
+                    .any(|p| matches!(p, Protocol::P2pCircuit))
+                {
+                    self.relayed_conns.insert(connection_id);
+                }
+                if Some(peer_id) != self.tracker && num_established.get() == 1 {
+                    let node = node_of(&peer_id);
+                    self.nodes.insert(node, peer_id);
+                    self.input(Input::Connected(node));
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
+                self.relayed_conns.remove(&connection_id);
+                if num_established > 0 {
+                    return;
+                }
+                let node = node_of(&peer_id);
                 if Some(peer_id) == self.tracker {
-                    let now = self.now();
                     self.announcer.reset(now);
                 } else {
-                    self.input(Input::Disconnected(node_of(&peer_id)));
+                    if self.superpeers.contains_key(&node) {
+                        tracing::warn!(superpeer = %peer_id, "lost the super-peer");
+                        self.attacher.lost(now, node);
+                    }
+                    self.input(Input::Disconnected(node));
+                }
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if self.attach_listener.map(|(_, id)| id) == Some(listener_id) => {
+                if let Some((n, _)) = self.attach_listener.take() {
+                    tracing::warn!("relay reservation ended: {reason:?}");
+                    self.attacher.lost(now, n);
+                    self.announcer.reset(now);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
@@ -964,7 +1222,11 @@ impl Driver {
 
     fn on_chunk(&mut self, e: request_response::Event<ChunkRequest, ChunkResponse>) {
         match e {
-            request_response::Event::Message { peer, message, .. } => match message {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message,
+            } => match message {
                 request_response::Message::Request {
                     request_id,
                     request,
@@ -986,6 +1248,15 @@ impl Driver {
                     request_id,
                     response,
                 } => {
+                    if let ChunkResponse::Chunk { bytes, .. }
+                    | ChunkResponse::Manifest { bytes, .. } = &response
+                    {
+                        if self.relayed_conns.contains(&connection_id) {
+                            self.relayed_bytes += bytes.len() as u64;
+                        } else {
+                            self.direct_bytes += bytes.len() as u64;
+                        }
+                    }
                     let node = self
                         .outbound
                         .remove(&request_id)
@@ -1024,6 +1295,11 @@ impl Driver {
     fn on_tracker(&mut self, e: BehaviourEvent) {
         let now = self.now();
         match e {
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => self.attacher.rtt(node_of(&peer), rtt),
             BehaviourEvent::Announce(request_response::Event::Message {
                 message: request_response::Message::Response { response, .. },
                 ..

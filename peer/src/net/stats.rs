@@ -48,6 +48,13 @@ pub struct PlayReport {
     pub bytes_by_source: BytesJson,
     /// Shares by source.
     pub share_by_source: SharesJson,
+    /// Of the peers' bytes, those that came over relayed connections (through a super-peer),
+    /// when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relayed_bytes: Option<u64>,
+    /// Of the peers' bytes, those that came over direct connections, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_bytes: Option<u64>,
 }
 
 impl PlayReport {
@@ -84,6 +91,8 @@ impl PlayReport {
                 superpeers: share(bytes.superpeers),
                 origin: share(bytes.origin),
             },
+            relayed_bytes: None,
+            direct_bytes: None,
         }
     }
 }

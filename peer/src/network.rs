@@ -186,7 +186,9 @@ pub async fn play_on(
     }
     let terminal = std::io::stderr().is_terminal();
     let mut durations = std::collections::HashMap::new();
-    let mut finished: Vec<PlayStats> = Vec::new();
+    // Per play: statistics, peers' bytes relayed and direct.
+    let mut finished: Vec<(PlayStats, u64, u64)> = Vec::new();
+    let (mut transport_seen, mut transport_now) = ((0u64, 0u64), (0u64, 0u64));
     let mut stopping = false;
     let mut last_data = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -210,8 +212,13 @@ pub async fn play_on(
                         tracing::info!(%track, "first audio after {ms} ms");
                     }
                 }
+                Some(NodeEvent::Transport { relayed_bytes, direct_bytes }) => {
+                    transport_now = (relayed_bytes, direct_bytes);
+                }
                 Some(NodeEvent::Finished(stats)) => {
-                    finished.push(stats);
+                    let ((r0, d0), (r1, d1)) = (transport_seen, transport_now);
+                    transport_seen = transport_now;
+                    finished.push((stats, r1.saturating_sub(r0), d1.saturating_sub(d0)));
                     if stopping || finished.len() >= tracks.len() {
                         break;
                     }
@@ -276,7 +283,7 @@ pub async fn play_on(
         bail!(f);
     }
     let mut reports = Vec::new();
-    for stats in &finished {
+    for (stats, relayed, direct) in &finished {
         let frames = played.frames.get(&stats.track).copied().unwrap_or(0);
         let title = queue
             .iter()
@@ -306,17 +313,16 @@ pub async fn play_on(
             frames,
             b,
         );
-        let s = node.status();
-        if s.relayed_bytes > 0 {
+        if *relayed > 0 {
             eprintln!(
                 "peers' bytes: {} relayed through a super-peer, {} direct ({} connections upgraded to direct)",
-                human(s.relayed_bytes),
-                human(s.direct_bytes),
-                s.direct_upgrades
+                human(*relayed),
+                human(*direct),
+                node.status().direct_upgrades
             );
         }
-        report.relayed_bytes = Some(s.relayed_bytes);
-        report.direct_bytes = Some(s.direct_bytes);
+        report.relayed_bytes = Some(*relayed);
+        report.direct_bytes = Some(*direct);
         reports.push(report);
     }
     if interrupted {

@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{
     self, InboundRequestId, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
 };
-use libp2p::core::transport::ListenerId;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, multiaddr::Protocol, noise, ping,
@@ -30,8 +30,9 @@ use tokio::task::JoinHandle;
 use super::cache::DiskCache;
 use super::origin::{OriginClient, OriginError};
 use crate::core::{
-    AnnounceConfig, Announcer, AttachConfig, Attacher, BytesBySource, ChunkMsg, PeerCommand, PeerConfig, PeerCore,
-    PeerEvent, PeerInfo, PlayStats, SchedulerCommand, SchedulerEvent, ServerCommand, ServerEvent,
+    AnnounceConfig, Announcer, AttachConfig, Attacher, BytesBySource, ChunkMsg, PeerCommand,
+    PeerConfig, PeerCore, PeerEvent, PeerInfo, PlayStats, SchedulerCommand, SchedulerEvent,
+    ServerCommand, ServerEvent,
 };
 
 /// The codec of `/shoal/chunk/1`.
@@ -263,6 +264,14 @@ pub enum NodeEvent {
         /// The track.
         track: TrackId,
     },
+    /// Sent just before each [`NodeEvent::Finished`]: peers' bytes received so far in this
+    /// session over relayed and over direct connections.
+    Transport {
+        /// Through a super-peer's relay.
+        relayed_bytes: u64,
+        /// Over direct connections.
+        direct_bytes: u64,
+    },
     /// A play ended.
     Finished(PlayStats),
     /// A peer was banned (bad data or misbehaviour).
@@ -345,7 +354,8 @@ impl PeerNode {
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_quic();
-        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
+        let idle =
+            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
         let mut swarm = if config.superpeers.is_empty() {
             builder
                 .with_behaviour(|key| PeerBehaviour::new(key, timeout))
@@ -1030,6 +1040,10 @@ impl Driver {
                 let _ = self.events.send(NodeEvent::Stutter { track });
             }
             SchedulerEvent::TrackFinished(stats) => {
+                let _ = self.events.send(NodeEvent::Transport {
+                    relayed_bytes: self.relayed_bytes,
+                    direct_bytes: self.direct_bytes,
+                });
                 let _ = self.events.send(NodeEvent::Finished(stats));
             }
             SchedulerEvent::PeerBanned { peer, reason } => {
@@ -1147,9 +1161,10 @@ impl Driver {
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, "no direct connection: {e}"),
             },
-            SwarmEvent::Behaviour(PeerBehaviourEvent::Autonat(
-                autonat::Event::StatusChanged { new, .. },
-            )) => {
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
                 tracing::info!("reachability: {new:?}");
                 match new {
                     autonat::NatStatus::Public(_) => self.attacher.set_public(true),

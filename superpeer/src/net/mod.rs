@@ -1,6 +1,11 @@
 //! The driver: turns real events (sockets, disk, clock) into core inputs and core outputs into
 //! frames, writes and timers. It decides nothing.
 
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod throttle;
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`; symphonia's own logs off unless named).
 pub fn init_logging() {
     let requested = std::env::var("RUST_LOG").unwrap_or_default();

@@ -1,0 +1,272 @@
+//! The operator's HTTP surface: `GET /metrics` (Prometheus text), `GET /healthz`, and `GET /`
+//! (a plain HTML status page).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+
+use super::node::{Shared, lock};
+
+/// The router.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(shared)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&s),
+    )
+}
+
+/// The Prometheus exposition.
+pub fn render_metrics(s: &Shared) -> String {
+    let c = &s.counters;
+    let idx = lock(&s.index).stats();
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 22] = [
+        (
+            "shoal_superpeer_leaves",
+            "gauge",
+            "Leaves with an entry in the cluster index.",
+            idx.leaves as u64,
+        ),
+        (
+            "shoal_superpeer_index_tracks",
+            "gauge",
+            "Distinct tracks held in the cluster.",
+            idx.tracks as u64,
+        ),
+        (
+            "shoal_superpeer_index_listings",
+            "gauge",
+            "(leaf, track) listings in the cluster index.",
+            idx.listings as u64,
+        ),
+        (
+            "shoal_superpeer_connected_peers",
+            "gauge",
+            "Peers with an open connection.",
+            get(&c.connected_peers),
+        ),
+        (
+            "shoal_superpeer_reservations",
+            "gauge",
+            "Peers holding a relay reservation.",
+            get(&c.reservations),
+        ),
+        (
+            "shoal_superpeer_reservations_accepted_total",
+            "counter",
+            "Relay reservations accepted (new and renewed).",
+            get(&c.reservations_accepted),
+        ),
+        (
+            "shoal_superpeer_reservations_denied_total",
+            "counter",
+            "Relay reservations denied.",
+            get(&c.reservations_denied),
+        ),
+        (
+            "shoal_superpeer_circuits_open",
+            "gauge",
+            "Relayed circuits open now.",
+            get(&c.circuits_open),
+        ),
+        (
+            "shoal_superpeer_circuits_accepted_total",
+            "counter",
+            "Relayed circuits accepted.",
+            get(&c.circuits_accepted),
+        ),
+        (
+            "shoal_superpeer_circuits_denied_total",
+            "counter",
+            "Relayed circuits denied.",
+            get(&c.circuits_denied),
+        ),
+        (
+            "shoal_superpeer_circuits_failed_total",
+            "counter",
+            "Relayed circuits closed by an error or a limit.",
+            get(&c.circuits_failed),
+        ),
+        (
+            "shoal_superpeer_transport_read_bytes_total",
+            "counter",
+            "Bytes read from all connections (relayed audio dominates; each relayed byte is read once).",
+            s.throttle.bytes_read(),
+        ),
+        (
+            "shoal_superpeer_transport_written_bytes_total",
+            "counter",
+            "Bytes written to all connections.",
+            s.throttle.bytes_written(),
+        ),
+        (
+            "shoal_superpeer_relay_bandwidth_limit_bytes_per_second",
+            "gauge",
+            "The relay bandwidth cap (0: unlimited).",
+            s.throttle.rate().unwrap_or(0),
+        ),
+        (
+            "shoal_superpeer_throttled_reads_total",
+            "counter",
+            "Reads delayed by the bandwidth cap.",
+            s.throttle.throttled_reads(),
+        ),
+        (
+            "shoal_superpeer_announces_accepted_total",
+            "counter",
+            "Leaf announces accepted.",
+            idx.announces_accepted,
+        ),
+        (
+            "shoal_superpeer_announces_rejected_total",
+            "counter",
+            "Leaf announces rejected.",
+            idx.announces_rejected,
+        ),
+        (
+            "shoal_superpeer_lookups_total",
+            "counter",
+            "Lookups received (holders and search).",
+            get(&c.lookups),
+        ),
+        (
+            "shoal_superpeer_lookup_hits_total",
+            "counter",
+            "Holder lookups answered from the cluster index.",
+            idx.lookup_hits,
+        ),
+        (
+            "shoal_superpeer_lookups_forwarded_total",
+            "counter",
+            "Lookups forwarded to the tracker.",
+            get(&c.lookups_forwarded),
+        ),
+        (
+            "shoal_superpeer_autonat_probes_total",
+            "counter",
+            "AutoNAT dial-backs that reached the prober.",
+            get(&c.autonat_probes),
+        ),
+        (
+            "shoal_superpeer_cache_hits_total",
+            "counter",
+            "Chunks served from the super-peer's cache (no cache yet: always 0).",
+            0,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP shoal_superpeer_uptime_seconds Seconds since start.\n# TYPE shoal_superpeer_uptime_seconds gauge\nshoal_superpeer_uptime_seconds {}",
+        s.started.elapsed().as_secs()
+    );
+    out
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Html<String> {
+    Html(render_status(&s))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The status page.
+pub fn render_status(s: &Shared) -> String {
+    let c = &s.counters;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let idx = lock(&s.index).stats();
+    let up = s.started.elapsed().as_secs();
+    let uptime = format!("{}h {:02}m {:02}s", up / 3600, up / 60 % 60, up % 60);
+    let list = |addrs: &[libp2p::Multiaddr]| {
+        if addrs.is_empty() {
+            return "<li>(none)</li>".to_owned();
+        }
+        addrs
+            .iter()
+            .map(|a| {
+                format!(
+                    "<li><code>{}/p2p/{}</code></li>",
+                    esc(&a.to_string()),
+                    s.peer_id
+                )
+            })
+            .collect::<String>()
+    };
+    let listen = list(&lock(&s.listen_addrs));
+    let external = list(&lock(&s.external_addrs));
+    let tracker =
+        lock(&s.tracker).map_or("not connected".to_owned(), |p| format!("<code>{p}</code>"));
+    let cap = s.throttle.rate().map_or("unlimited".to_owned(), |r| {
+        format!("{} Mbit/s", r * 8 / 1_000_000)
+    });
+    let rows = [
+        ("Leaves", idx.leaves.to_string()),
+        ("Tracks in the cluster", idx.tracks.to_string()),
+        ("Connected peers", get(&c.connected_peers).to_string()),
+        ("Reservations", get(&c.reservations).to_string()),
+        ("Circuits open", get(&c.circuits_open).to_string()),
+        (
+            "Circuits since start",
+            get(&c.circuits_accepted).to_string(),
+        ),
+        ("Circuits denied", get(&c.circuits_denied).to_string()),
+        (
+            "Bytes in / out",
+            format!(
+                "{} / {}",
+                s.throttle.bytes_read(),
+                s.throttle.bytes_written()
+            ),
+        ),
+        ("Relay bandwidth cap", cap),
+        ("Announces accepted", idx.announces_accepted.to_string()),
+        ("Lookups", get(&c.lookups).to_string()),
+        (
+            "Lookups forwarded to the tracker",
+            get(&c.lookups_forwarded).to_string(),
+        ),
+        ("Uptime", uptime),
+    ];
+    let table: String = rows
+        .iter()
+        .map(|(k, v)| format!("<tr><th>{k}</th><td>{v}</td></tr>\n"))
+        .collect();
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Shoal super-peer</title>\
+<meta http-equiv=\"refresh\" content=\"10\">\
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;padding-right:2em}}code{{font-size:90%}}</style>\
+</head><body>\n<h1>Shoal super-peer</h1>\n<p>PeerId <code>{peer}</code> &middot; version {version}</p>\n\
+<table>\n{table}</table>\n<h2>Listening</h2><ul>{listen}</ul>\n<h2>Advertised</h2><ul>{external}</ul>\n\
+<h2>Tracker</h2><p>{tracker}</p>\n<p><a href=\"/metrics\">/metrics</a> &middot; <a href=\"/healthz\">/healthz</a></p>\n</body></html>\n",
+        peer = s.peer_id,
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}

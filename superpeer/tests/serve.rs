@@ -482,3 +482,69 @@ fn help_works() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_cap_slows_relayed_bytes() {
+    // 8 Mbit/s = 1 MB/s; the exchange reads 2 x 300 KiB at the super-peer.
+    let sp = start_server(&["--relay-bandwidth-mbit", "8"]);
+    let sp_addr = sp.p2p[0].clone();
+    let mut leaf = client();
+    let leaf_id = *leaf.local_peer_id();
+    leaf.listen_on(sp_addr.clone().with(Protocol::P2pCircuit))
+        .unwrap();
+    until(&mut leaf, |_, ev| {
+        matches!(
+            ev,
+            SwarmEvent::Behaviour(ClientEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { .. }
+            ))
+        )
+        .then_some(())
+    })
+    .await;
+    let mut other = client();
+    other
+        .dial(
+            sp_addr
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(leaf_id)),
+        )
+        .unwrap();
+    let blob = vec![7u8; BULK];
+    let started = std::time::Instant::now();
+    let run = async {
+        loop {
+            tokio::select! {
+                ev = leaf.select_next_some() => echo(&mut leaf, ev),
+                ev = other.select_next_some() => match ev {
+                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == leaf_id => {
+                        other.behaviour_mut().bulk.send_request(&leaf_id, blob.clone());
+                    }
+                    SwarmEvent::Behaviour(ClientEvent::Bulk(request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. }, ..
+                    })) => break response,
+                    SwarmEvent::Behaviour(ClientEvent::Bulk(request_response::Event::OutboundFailure { error, .. })) => {
+                        panic!("bulk request through the relay failed: {error}")
+                    }
+                    _ => {}
+                },
+            }
+        }
+    };
+    let echoed = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("relayed exchange timed out");
+    let took = started.elapsed();
+    assert_eq!(echoed, blob);
+    // 600 KiB at 1 MB/s after a 64 KiB burst: at least ~0.5 s.
+    assert!(took >= Duration::from_millis(450), "took {took:?}");
+    let m = get(&format!("{}/metrics", sp.http)).await;
+    assert!(
+        metric(&m, "shoal_superpeer_throttled_reads_total") > 0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "shoal_superpeer_relay_bandwidth_limit_bytes_per_second"),
+        1_000_000
+    );
+}

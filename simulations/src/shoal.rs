@@ -258,6 +258,10 @@ struct RegistryCounters {
     accepted: u64,
     rejected: u64,
     expired_peers: u64,
+    /// Finished plays and those that stuttered, by the network sources they used:
+    /// [cache only, origin but no peer, any peer].
+    plays_by_kind: [u64; 3],
+    stutters_by_kind: [u64; 3],
 }
 
 /// The real cores, as far as they exist.
@@ -476,7 +480,7 @@ impl Cores for ShoalCores {
 
     fn notes(&self) -> Vec<String> {
         let c = self.counters;
-        vec![
+        let mut notes = vec![
             format!(
                 "tracker: {} holder lookups (NeedPeers) sent, {} answered ({} with no holder), \
                  {} holders returned; {} announces sent, {} accepted, {} rejected; {} peers \
@@ -498,7 +502,32 @@ impl Cores for ShoalCores {
                 "{} tracks materialised (manifests and chunk ids hashed from synthetic bytes)",
                 self.catalog.materialised()
             ),
-        ]
+        ];
+        let pct =
+            |i: usize| 100.0 * c.stutters_by_kind[i] as f64 / c.plays_by_kind[i].max(1) as f64;
+        notes.push(format!(
+            "plays by network source used: {} from cache only (stutter {:.2}%), {} with origin \
+             but no peer bytes ({:.2}%), {} with peer bytes ({:.2}%)",
+            c.plays_by_kind[0],
+            pct(0),
+            c.plays_by_kind[1],
+            pct(1),
+            c.plays_by_kind[2],
+            pct(2)
+        ));
+        if self.scale > 1 {
+            let s = self.scale;
+            notes.push(format!(
+                "chunk payloads carry 1/{s} of the bytes they model (catalog.payload_scale); \
+                 byte thresholds given to the cores are scaled to match, but the cores' fixed \
+                 byte constants are not: an upload bucket is never shallower than one maximal \
+                 chunk ({} KiB modelled instead of 64 KiB) and a manifest is charged and \
+                 estimated as 4 KiB ({} KiB modelled); exact when payload_scale = 1",
+                64 * s,
+                4 * s
+            ));
+        }
+        notes
     }
 
     fn wants_history(&self) -> bool {
@@ -782,6 +811,18 @@ impl Cores for ShoalCores {
             }) => stats.first_audio(ms as f64),
             PeerEvent::Fetch(SchedulerEvent::TrackFinished(p)) => {
                 stats.play_ended(p.stutters);
+                let b = &p.bytes_by_source;
+                let kind = if b.peers + b.superpeers > 0 {
+                    2
+                } else if b.origin > 0 {
+                    1
+                } else {
+                    0
+                };
+                self.counters.plays_by_kind[kind] += 1;
+                if p.stutters > 0 {
+                    self.counters.stutters_by_kind[kind] += 1;
+                }
                 source_bytes(stats, &p.bytes_by_source, self.scale);
             }
             PeerEvent::Serve(shoal_peer::core::ServerEvent::Load { to, request, item }) => {

@@ -473,6 +473,8 @@ impl PeerNode {
             swarm,
             core: PeerCore::new(peer_config),
             announcer: Announcer::new(config.announce.clone()),
+            cluster_announcer: Announcer::new(config.announce.clone()),
+            cluster_announce: None,
             cache,
             origin: config.origin.clone().zip(origin_node),
             tracker: config.tracker.as_ref().map(|t| t.peer_id),
@@ -499,7 +501,7 @@ impl PeerNode {
             ),
             superpeers,
             attach_listener: None,
-            relayed_conns: std::collections::HashSet::new(),
+            relayed_conns: HashMap::new(),
             relayed_bytes: 0,
             direct_bytes: 0,
             upgrades: 0,
@@ -566,6 +568,10 @@ struct Driver {
     swarm: Swarm<PeerBehaviour>,
     core: PeerCore,
     announcer: Announcer,
+    /// What our super-peer's cluster index knows of us (reset on every attachment).
+    cluster_announcer: Announcer,
+    /// The announce in flight to the super-peer.
+    cluster_announce: Option<OutboundRequestId>,
     cache: DiskCache,
     origin: Option<(OriginClient, NodeId)>,
     tracker: Option<PeerId>,
@@ -578,10 +584,13 @@ struct Driver {
     /// Open inbound requests: (requester, request number, is a Cancel) → reply channel.
     inbound: HashMap<InboundKey, ResponseChannel<ChunkResponse>>,
     inbound_ids: HashMap<InboundRequestId, (NodeId, u64)>,
-    outbound: HashMap<OutboundRequestId, NodeId>,
+    /// Our requests in flight: to whom, and their request number (none for a `Cancel`).
+    outbound: HashMap<OutboundRequestId, (NodeId, Option<u64>)>,
     origin_tasks: HashMap<u64, tokio::task::AbortHandle>,
     origin_tx: mpsc::UnboundedSender<(NodeId, ChunkResponse)>,
-    lookups: HashMap<OutboundRequestId, TrackId>,
+    /// Holder lookups in flight: the track, and whether a super-peer was asked (if it fails,
+    /// the tracker is asked).
+    lookups: HashMap<OutboundRequestId, (TrackId, bool)>,
     last_lookup: HashMap<TrackId, Instant>,
     /// For announces: which track a cached chunk belongs to, and each known track's chunks.
     track_of_chunk: HashMap<ChunkId, TrackId>,
@@ -592,7 +601,7 @@ struct Driver {
     superpeers: HashMap<NodeId, (PeerId, Multiaddr)>,
     /// The relay listener of our current reservation.
     attach_listener: Option<(NodeId, ListenerId)>,
-    relayed_conns: std::collections::HashSet<libp2p::swarm::ConnectionId>,
+    relayed_conns: HashMap<libp2p::swarm::ConnectionId, PeerId>,
     relayed_bytes: u64,
     direct_bytes: u64,
     upgrades: u64,
@@ -677,8 +686,10 @@ impl Driver {
             .is_some_and(|cs| cs.iter().all(|c| self.cache.contains(c)));
         if complete {
             self.announcer.hold(now, track);
+            self.cluster_announcer.hold(now, track);
         } else {
             self.announcer.release(now, track);
+            self.cluster_announcer.release(now, track);
         }
     }
 
@@ -698,7 +709,12 @@ impl Driver {
                 } else {
                     Time::NEVER
                 })
-                .min(self.attacher.next_wake(self.now()));
+                .min(self.attacher.next_wake(self.now()))
+                .min(if self.attacher.current().is_some() {
+                    self.cluster_announcer.next_wake()
+                } else {
+                    Time::NEVER
+                });
             let sleep = if wake == Time::NEVER {
                 Duration::from_secs(3600)
             } else {
@@ -784,8 +800,11 @@ impl Driver {
             }
         }
         self.reconcile_attachment();
-        if let Some(tracker) = self.tracker {
-            let now = self.now();
+        let now = self.now();
+        // While a reservation is being set up, announcing would list addresses nobody behind
+        // another NAT can dial: wait until attached (or until no super-peer is usable).
+        let attaching = self.attacher.current().is_none() && self.attacher.choice(now).is_some();
+        if let Some(tracker) = self.tracker.filter(|_| !attaching) {
             if let Some(plan) = self.announcer.poll(now) {
                 let via = self
                     .attacher
@@ -810,6 +829,34 @@ impl Driver {
                     .send_request(&tracker, msg);
             }
         }
+        // The super-peer's cluster index answers lookups of its leaves from memory.
+        if let Some((sp, _)) = self.current_superpeer()
+            && let Some(plan) = self.cluster_announcer.poll(now)
+        {
+            let msg = Announce {
+                replace: plan.replace,
+                tracks: plan.tracks,
+                removed: plan.removed,
+                addrs: self.public_addrs(),
+                via: None,
+                region: self.region.clone(),
+            };
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .tracker
+                .announce
+                .send_request(&sp, msg);
+            self.cluster_announce = Some(id);
+        }
+    }
+
+    /// The super-peer we are attached to: its PeerId and address.
+    fn current_superpeer(&self) -> Option<(PeerId, Multiaddr)> {
+        self.attacher
+            .current()
+            .and_then(|n| self.superpeers.get(&n))
+            .cloned()
     }
 
     /// Holds the relay reservation where the [`Attacher`] says.
@@ -867,8 +914,14 @@ impl Driver {
                 }
                 match self.nodes.get(&to) {
                     Some(peer) => {
+                        let number = match &req {
+                            ChunkRequest::GetManifest { request, .. }
+                            | ChunkRequest::GetChunk { request, .. }
+                            | ChunkRequest::QueryHave { request, .. } => Some(*request),
+                            ChunkRequest::Cancel { .. } => None,
+                        };
                         let id = self.swarm.behaviour_mut().chunk.send_request(peer, req);
-                        self.outbound.insert(id, to);
+                        self.outbound.insert(id, (to, number));
                     }
                     // Unknown node (forgotten): it is as good as disconnected.
                     None => self.input(Input::Disconnected(to)),
@@ -1061,7 +1114,8 @@ impl Driver {
     }
 
     fn lookup(&mut self, track: TrackId) {
-        let Some(tracker) = self.tracker else {
+        let superpeer = self.current_superpeer().map(|(p, _)| p);
+        let Some(target) = superpeer.or(self.tracker) else {
             // Nobody to ask: the origin alone serves.
             self.command(SchedulerCommand::Peers {
                 track,
@@ -1080,14 +1134,31 @@ impl Driver {
             self.last_lookup.clear();
         }
         self.last_lookup.insert(track, Instant::now());
+        self.send_lookup(target, track, superpeer.is_some());
+    }
+
+    fn send_lookup(&mut self, to: PeerId, track: TrackId, superpeer: bool) {
         let id = self.swarm.behaviour_mut().tracker.lookup.send_request(
-            &tracker,
+            &to,
             LookupRequest::Holders {
                 track,
                 limit: self.lookup_limit,
             },
         );
-        self.lookups.insert(id, track);
+        self.lookups.insert(id, (track, superpeer));
+    }
+
+    /// A lookup got no answer: ask the tracker if a super-peer failed, else tell the core that
+    /// nobody is known (it waits for an answer before leaning on the origin).
+    fn lookup_failed(&mut self, track: TrackId, superpeer: bool) {
+        if superpeer && let Some(tracker) = self.tracker {
+            self.send_lookup(tracker, track, false);
+        } else {
+            self.command(SchedulerCommand::Peers {
+                track,
+                peers: Vec::new(),
+            });
+        }
     }
 
     fn on_holders(&mut self, track: TrackId, holders: Vec<shoal_protocol::wire::Holder>) {
@@ -1149,6 +1220,8 @@ impl Driver {
                 tracing::info!(superpeer = %relay_peer_id, "attached: reachable through the super-peer's relay");
                 self.attacher.attached(node_of(&relay_peer_id));
                 self.announcer.reset(now);
+                self.cluster_announcer.reset(now);
+                self.cluster_announce = None;
             }
             SwarmEvent::Behaviour(PeerBehaviourEvent::Relay(_)) => {}
             SwarmEvent::Behaviour(PeerBehaviourEvent::Dcutr(dcutr::Event {
@@ -1158,6 +1231,16 @@ impl Driver {
                 Ok(_) => {
                     self.upgrades += 1;
                     tracing::info!(peer = %remote_peer_id, "relayed connection upgraded to direct");
+                    // The relay steps aside: further traffic takes the direct connection.
+                    let relayed: Vec<_> = self
+                        .relayed_conns
+                        .iter()
+                        .filter(|(_, p)| **p == remote_peer_id)
+                        .map(|(c, _)| *c)
+                        .collect();
+                    for c in relayed {
+                        self.swarm.close_connection(c);
+                    }
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, "no direct connection: {e}"),
             },
@@ -1185,7 +1268,7 @@ impl Driver {
                     .iter()
                     .any(|p| matches!(p, Protocol::P2pCircuit))
                 {
-                    self.relayed_conns.insert(connection_id);
+                    self.relayed_conns.insert(connection_id, peer_id);
                 }
                 if Some(peer_id) != self.tracker && num_established.get() == 1 {
                     let node = node_of(&peer_id);
@@ -1266,7 +1349,7 @@ impl Driver {
                     if let ChunkResponse::Chunk { bytes, .. }
                     | ChunkResponse::Manifest { bytes, .. } = &response
                     {
-                        if self.relayed_conns.contains(&connection_id) {
+                        if self.relayed_conns.contains_key(&connection_id) {
                             self.relayed_bytes += bytes.len() as u64;
                         } else {
                             self.direct_bytes += bytes.len() as u64;
@@ -1275,7 +1358,7 @@ impl Driver {
                     let node = self
                         .outbound
                         .remove(&request_id)
-                        .unwrap_or_else(|| node_of(&peer));
+                        .map_or_else(|| node_of(&peer), |(n, _)| n);
                     self.input(Input::Message {
                         from: node,
                         msg: ChunkMsg::Response(response),
@@ -1288,13 +1371,26 @@ impl Driver {
                 error,
                 ..
             } => {
-                self.outbound.remove(&request_id);
-                if matches!(
+                let sent = self.outbound.remove(&request_id);
+                let lost = matches!(
                     error,
                     OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed
-                ) && !self.swarm.is_connected(&peer)
-                {
+                );
+                if lost && !self.swarm.is_connected(&peer) {
                     self.input(Input::Disconnected(node_of(&peer)));
+                } else if let Some((node, Some(request))) = sent
+                    && !matches!(error, OutboundFailure::Timeout)
+                {
+                    // One connection of several closed (a relayed one after a direct upgrade),
+                    // or the stream failed: the peer did not serve this request. Say so the
+                    // way the protocol does, so the scheduler asks again at once.
+                    self.input(Input::Message {
+                        from: node,
+                        msg: ChunkMsg::Response(ChunkResponse::Busy {
+                            request,
+                            retry_after_ms: 0,
+                        }),
+                    });
                 }
             }
             request_response::Event::InboundFailure { request_id, .. }
@@ -1315,6 +1411,31 @@ impl Driver {
                 result: Ok(rtt),
                 ..
             }) => self.attacher.rtt(node_of(&peer), rtt),
+            BehaviourEvent::Announce(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) if self.cluster_announce == Some(request_id) => {
+                self.cluster_announce = None;
+                let ttl = match response {
+                    AnnounceResponse::Accepted { ttl_secs } => Some(ttl_secs),
+                    AnnounceResponse::Rejected { reason } => {
+                        tracing::warn!("the super-peer rejected our announce: {reason}");
+                        None
+                    }
+                };
+                self.cluster_announcer.answered(now, ttl);
+            }
+            BehaviourEvent::Announce(request_response::Event::OutboundFailure {
+                request_id,
+                ..
+            }) if self.cluster_announce == Some(request_id) => {
+                self.cluster_announce = None;
+                self.cluster_announcer.answered(now, None);
+            }
             BehaviourEvent::Announce(request_response::Event::Message {
                 message: request_response::Message::Response { response, .. },
                 ..
@@ -1343,16 +1464,15 @@ impl Driver {
             }) => {
                 let asked = self.lookups.remove(&request_id);
                 match response {
-                    LookupResponse::Holders { track, holders } if asked == Some(track) => {
+                    LookupResponse::Holders { track, holders }
+                        if asked.map(|(t, _)| t) == Some(track) =>
+                    {
                         self.on_holders(track, holders);
                     }
                     LookupResponse::Error { reason } => {
                         tracing::warn!("lookup failed: {reason}");
-                        if let Some(track) = asked {
-                            self.command(SchedulerCommand::Peers {
-                                track,
-                                peers: Vec::new(),
-                            });
+                        if let Some((track, sp)) = asked {
+                            self.lookup_failed(track, sp);
                         }
                     }
                     _ => {}
@@ -1363,12 +1483,8 @@ impl Driver {
                 error,
                 ..
             }) => {
-                if let Some(track) = self.lookups.remove(&request_id) {
-                    // The core waits for an answer before it leans on the origin: give it one.
-                    self.command(SchedulerCommand::Peers {
-                        track,
-                        peers: Vec::new(),
-                    });
+                if let Some((track, sp)) = self.lookups.remove(&request_id) {
+                    self.lookup_failed(track, sp);
                 }
                 tracing::warn!("lookup failed: {error}");
             }

@@ -125,7 +125,11 @@ impl Attacher {
         }
         // Nothing measured: after the measuring time, the first configured usable one.
         if now >= self.decide_from {
-            return self.candidates.iter().find(|c| c.avoid_until <= now).map(|c| c.node);
+            return self
+                .candidates
+                .iter()
+                .find(|c| c.avoid_until <= now)
+                .map(|c| c.node);
         }
         None
     }
@@ -172,14 +176,22 @@ mod tests {
         at.lost(ms(2_000), a);
         assert_eq!(at.choice(ms(2_000)), None, "both avoided");
         assert_eq!(at.next_wake(ms(2_000)), ms(31_000));
-        assert_eq!(at.choice(ms(31_000)), Some(b), "b usable again (unmeasured: first usable)");
+        assert_eq!(
+            at.choice(ms(31_000)),
+            Some(b),
+            "b usable again (unmeasured: first usable)"
+        );
     }
 
     #[test]
     fn public_peers_attach_nowhere_and_unmeasured_fall_back_to_order() {
         let (a, b) = (NodeId::from_index(1), NodeId::from_index(2));
         let mut at = Attacher::new(AttachConfig::default(), vec![a, b], ms(0));
-        assert_eq!(at.choice(ms(600)), Some(a), "configuration order without RTTs");
+        assert_eq!(
+            at.choice(ms(600)),
+            Some(a),
+            "configuration order without RTTs"
+        );
         at.attached(a);
         at.set_public(true);
         assert_eq!(at.choice(ms(700)), None);

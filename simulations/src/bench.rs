@@ -132,7 +132,7 @@ impl Cores for TrafficCores {
         .filter(|_| info.role != Role::Tracker || self.nodes > 0)
     }
 
-    fn commands(&mut self, _node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
+    fn commands(&mut self, _now: Time, _node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
         match action {
             Listen::SessionStart => out.push(Feedback::Command(true)),
             Listen::SessionEnd => out.push(Feedback::Command(false)),

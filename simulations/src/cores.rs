@@ -137,7 +137,7 @@ pub trait Cores {
     /// What carries out a listener action on a peer, in order: commands to its core (e.g. play
     /// a track, then queue the next one) and what its driver sends (e.g. an announce when the
     /// client starts).
-    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>);
+    fn commands(&mut self, now: Time, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>);
 
     /// `node`'s client quit (its session ended; the `SessionEnd` commands were applied and
     /// drained). Returns the core to keep it in memory while offline (the default), or `None`
@@ -233,7 +233,14 @@ impl Cores for NoCores {
         None
     }
 
-    fn commands(&mut self, _node: u32, _action: Listen, _out: &mut Vec<Feedback<Self>>) {}
+    fn commands(
+        &mut self,
+        _now: Time,
+        _node: u32,
+        _action: Listen,
+        _out: &mut Vec<Feedback<Self>>,
+    ) {
+    }
 
     fn observe(
         &mut self,

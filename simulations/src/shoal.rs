@@ -12,14 +12,13 @@
 //! Not yet integrated (its core has not landed): super-peers (they relay NATed traffic at the
 //! transport level only: no index, no cache).
 //!
-//! **Announces** (the peer driver's part; the client has no announce loop yet, so this follows
-//! the protocol's documented use): on joining, `replace: true` with every track whose chunks
-//! the cache holds completely; then, batched per instant, additions (a track became complete)
-//! and removals (a chunk of a complete track was evicted); a full `replace` again every half
-//! TTL (the TTL the tracker answered), and 5 s after a rejected announce. `via` is the peer's
-//! nearest super-peer, `region` its country. Peers announce no addresses: the simulator
-//! reaches a node by its id, and the link model applies NAT (direct, hole punch or relay).
-//! A peer that quits says nothing: its entry lapses with the TTL.
+//! **Announces** are the client's own policy, `shoal_peer::core::Announcer` (one per session,
+//! as the client process has): the driver tells it which tracks the disk cache holds
+//! completely (at start-up, then as `ChunkReady { store: true }` and `Evict` change that),
+//! sends the announces it plans, reports the tracker's answers and wakes it when it asks.
+//! `via` is the peer's nearest super-peer, `region` its country. Peers announce no addresses:
+//! the simulator reaches a node by its id, and the link model applies NAT (direct, hole punch
+//! or relay). A peer that quits says nothing: its entry lapses with the TTL.
 //!
 //! **Identities**: node `i` is `NodeId::from_index(i)`; its contact's `peer_id` is those 32
 //! bytes, so a holder maps back with `NodeId::from_bytes` exactly. The registry derives a
@@ -31,12 +30,12 @@
 use std::collections::BTreeSet;
 
 use shoal_peer::core::{
-    ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo,
-    SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
+    AnnounceConfig, Announcer, ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore,
+    PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
 };
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
-    LookupResponse, MAX_ANNOUNCE_TRACKS, PeerContact, WireMessage,
+    LookupResponse, PeerContact, WireMessage,
 };
 use shoal_protocol::{Core, Input, NodeId, Output, Time, TrackId};
 use shoal_tracker::core::{RegistryConfig, RegistryMessage, TrackerCore, TrackerEvent};
@@ -173,29 +172,25 @@ impl Core for SimNode {
     }
 }
 
-/// Driver timer tokens: `session << 2 | kind`.
-const TIMER_FLUSH: u32 = 0;
-const TIMER_RENEW: u32 = 1;
-const TIMER_RETRY: u32 = 2;
-/// After a rejected announce, resynchronise after this long (the registry's default sustained
-/// interval between announces).
-const RETRY_US: u64 = 5_000_000;
+/// Driver timer tokens: the session number (stale timers carry an older one).
+const SESSION_MASK: u32 = u32::MAX >> 2;
 
 /// What a peer's driver knows about its disk cache and its announces.
 #[derive(Debug, Default)]
 struct PeerDriver {
     /// Chunks held per track (catalog index), as a bitmap over the manifest's chunks.
     held: IdMap<u32, Held>,
-    /// Tracks held completely: what the peer offers.
+    /// Tracks held completely: what the peer offers (re-derived from the disk at start-up,
+    /// like the client's `check_complete`).
     complete: BTreeSet<u32>,
     /// Tracks whose manifest is on disk (the client stores every manifest it verifies and
     /// never evicts them), fed to the core before a play like the real driver does.
     manifests: IdSet<u32>,
-    /// Changes to `complete` not announced yet.
-    added: BTreeSet<u32>,
-    removed: BTreeSet<u32>,
-    /// A flush timer is pending.
-    flush_pending: bool,
+    /// The client's announce policy (`shoal_peer::core::Announcer`), process memory: a new
+    /// one per session.
+    announcer: Option<Announcer>,
+    /// When the driver timer armed for the announcer fires (`Time::NEVER`: none armed).
+    wake_at: Time,
     online: bool,
     /// Bumped at every session start; stale timers carry an older one.
     session: u32,
@@ -277,8 +272,6 @@ pub struct ShoalCores {
     tracker: NodeId,
     /// The registry's thresholds (defaults: what a deployed tracker runs).
     registry: RegistryConfig,
-    /// The TTL the tracker last answered with, s.
-    ttl_secs: u32,
     /// Holders a lookup asks for: as many as the scheduler keeps per track.
     lookup_limit: u16,
     /// Per peer (by node index), its driver's state.
@@ -309,7 +302,6 @@ impl ShoalCores {
             origins: Vec::new(),
             origin_tracks: Vec::new(),
             tracker: NodeId::from_index(u64::MAX),
-            ttl_secs: u32::try_from(registry.ttl.as_secs()).unwrap_or(u32::MAX),
             registry,
             lookup_limit: u16::try_from(PeerConfig::default().scheduler.max_peers_per_track)
                 .unwrap_or(u16::MAX),
@@ -334,6 +326,7 @@ impl ShoalCores {
     /// announce change when the track becomes (or stops being) complete.
     fn cache_changed(
         &mut self,
+        now: Time,
         node: u32,
         track: u32,
         index: u32,
@@ -368,21 +361,63 @@ impl ShoalCores {
         if !changed {
             return;
         }
-        if complete {
-            p.removed.remove(&track);
-            p.added.insert(track);
-        } else {
-            p.added.remove(&track);
-            p.removed.insert(track);
+        let id = self.catalog.track(track).id;
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        if let Some(a) = p.announcer.as_mut() {
+            if complete {
+                a.hold(now, id);
+            } else {
+                a.release(now, id);
+            }
         }
-        if p.online && !p.flush_pending {
-            p.flush_pending = true;
-            // At the same instant, after the rest of this batch of core events.
-            feedback.push(Feedback::Timer {
-                after_us: 0,
-                token: p.session << 2 | TIMER_FLUSH,
-            });
+        self.arm(now, node, feedback);
+    }
+
+    /// Arms the driver timer for `node`'s announcer if it wants to wake earlier than armed.
+    fn arm(&mut self, now: Time, node: u32, feedback: &mut Vec<Feedback<Self>>) {
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        let Some(a) = p.announcer.as_ref() else {
+            return;
+        };
+        let wake = a.next_wake().max(now);
+        if wake == Time::NEVER || (p.wake_at > now && p.wake_at <= wake) {
+            return;
         }
+        p.wake_at = wake;
+        feedback.push(Feedback::Timer {
+            after_us: (wake - now).as_micros() as u64,
+            token: p.session,
+        });
+    }
+
+    /// Sends what `node`'s announcer wants sent now, then re-arms.
+    fn poll_announcer(&mut self, now: Time, node: u32, feedback: &mut Vec<Feedback<Self>>) {
+        let tracker = self.tracker;
+        let Some(p) = self.peers.get_mut(node as usize) else {
+            return;
+        };
+        let Some(plan) = p.announcer.as_mut().and_then(|a| a.poll(now)) else {
+            self.arm(now, node, feedback);
+            return;
+        };
+        let announce = Announce {
+            replace: plan.replace,
+            tracks: plan.tracks,
+            removed: plan.removed,
+            addrs: Vec::new(),
+            via: p.via.map(contact_of),
+            region: Some(p.region.to_string()),
+        };
+        self.counters.announces += 1;
+        feedback.push(Feedback::Send {
+            to: tracker,
+            msg: SimMsg::Announce(announce),
+        });
+        self.arm(now, node, feedback);
     }
 
     /// What the real driver does before `Play` or `Enqueue`: a track whose manifest is on
@@ -408,49 +443,6 @@ impl ShoalCores {
             )));
         }
         t.id
-    }
-
-    /// An announce from `node`: the full holding set (`replace`) or the pending changes.
-    fn announce(&mut self, node: u32, replace: bool, feedback: &mut Vec<Feedback<Self>>) {
-        let tracker = self.tracker;
-        let Some(p) = self.peers.get_mut(node as usize) else {
-            return;
-        };
-        let (tracks, removed): (Vec<u32>, Vec<u32>) = if replace {
-            (p.complete.iter().copied().collect(), Vec::new())
-        } else {
-            (
-                std::mem::take(&mut p.added).into_iter().collect(),
-                std::mem::take(&mut p.removed).into_iter().collect(),
-            )
-        };
-        if replace {
-            p.added.clear();
-            p.removed.clear();
-        } else if tracks.is_empty() && removed.is_empty() {
-            return;
-        }
-        let via = p.via.map(contact_of);
-        let region = Some(p.region.to_string());
-        // One message carries at most MAX_ANNOUNCE_TRACKS (8,192) tracks; no shipped scenario's
-        // cache comes near that (a client would split the set over several announces).
-        let keep = tracks.len().min(MAX_ANNOUNCE_TRACKS);
-        let ids = |v: &[u32], catalog: &mut SynthCatalog| -> Vec<TrackId> {
-            v.iter().map(|&t| catalog.track(t).id).collect()
-        };
-        let announce = Announce {
-            replace,
-            tracks: ids(&tracks[..keep], &mut self.catalog),
-            removed: ids(&removed, &mut self.catalog),
-            addrs: Vec::new(),
-            via,
-            region,
-        };
-        self.counters.announces += 1;
-        feedback.push(Feedback::Send {
-            to: tracker,
-            msg: SimMsg::Announce(announce),
-        });
     }
 }
 
@@ -713,32 +705,37 @@ impl Cores for ShoalCores {
         Some(SimNode::Peer(Box::new(core)))
     }
 
-    fn commands(&mut self, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
+    fn commands(&mut self, now: Time, node: u32, action: Listen, out: &mut Vec<Feedback<Self>>) {
         let fetch = |c| Feedback::Command(PeerCommand::Fetch(c));
         match action {
             Listen::SessionStart => {
                 if let Some(o) = self.origins.first() {
                     out.push(fetch(SchedulerCommand::SetOrigin(Some(*o))));
                 }
-                let renew_us = u64::from(self.ttl_secs) * 500_000;
                 let Some(p) = self.peers.get_mut(node as usize) else {
                     return;
                 };
                 p.online = true;
-                p.session = p.session.wrapping_add(1) & (u32::MAX >> 2);
-                p.flush_pending = false;
-                let token = p.session << 2 | TIMER_RENEW;
-                // Joining: the whole holding set replaces whatever the tracker remembers.
-                self.announce(node, true, out);
-                out.push(Feedback::Timer {
-                    after_us: renew_us,
-                    token,
-                });
+                p.session = p.session.wrapping_add(1) & SESSION_MASK;
+                p.wake_at = Time::NEVER;
+                // The client's announcer starts empty and learns what the disk holds
+                // completely; its first poll is a full `replace`.
+                let complete: Vec<u32> = p.complete.iter().copied().collect();
+                let mut a = Announcer::new(AnnounceConfig::default());
+                for t in complete {
+                    a.hold(now, self.catalog.track(t).id);
+                }
+                if let Some(p) = self.peers.get_mut(node as usize) {
+                    p.announcer = Some(a);
+                }
+                self.poll_announcer(now, node, out);
             }
             Listen::SessionEnd => {
                 out.push(fetch(SchedulerCommand::Stop));
                 if let Some(p) = self.peers.get_mut(node as usize) {
                     p.online = false;
+                    p.announcer = None;
+                    p.wake_at = Time::NEVER;
                 }
             }
             Listen::Play { track, next } => {
@@ -756,33 +753,20 @@ impl Cores for ShoalCores {
         }
     }
 
-    fn on_timer(&mut self, _now: Time, node: u32, token: u32, feedback: &mut Vec<Feedback<Self>>) {
-        let renew_us = u64::from(self.ttl_secs) * 500_000;
+    fn on_timer(&mut self, now: Time, node: u32, token: u32, feedback: &mut Vec<Feedback<Self>>) {
         let Some(p) = self.peers.get_mut(node as usize) else {
             return;
         };
-        if !p.online || token >> 2 != p.session {
+        if !p.online || token != p.session || now < p.wake_at {
             return;
         }
-        match token & 3 {
-            TIMER_FLUSH => {
-                p.flush_pending = false;
-                self.announce(node, false, feedback);
-            }
-            TIMER_RENEW => {
-                self.announce(node, true, feedback);
-                feedback.push(Feedback::Timer {
-                    after_us: renew_us,
-                    token,
-                });
-            }
-            _ => self.announce(node, true, feedback),
-        }
+        p.wake_at = Time::NEVER;
+        self.poll_announcer(now, node, feedback);
     }
 
     fn observe(
         &mut self,
-        _now: Time,
+        now: Time,
         node: u32,
         event: SimEvent,
         stats: &mut PlaybackStats,
@@ -863,7 +847,7 @@ impl Cores for ShoalCores {
             }) => {
                 if let Some(t) = self.catalog.index_of(&track) {
                     let index = u32::try_from(index).unwrap_or(u32::MAX);
-                    self.cache_changed(node, t, index, true, feedback);
+                    self.cache_changed(now, node, t, index, true, feedback);
                 }
             }
             // The client writes every verified manifest to disk.
@@ -877,7 +861,7 @@ impl Cores for ShoalCores {
             }
             PeerEvent::Fetch(SchedulerEvent::Evict(chunk)) => {
                 if let Some((t, index)) = self.catalog.locate(&chunk) {
-                    self.cache_changed(node, t, index, false, feedback);
+                    self.cache_changed(now, node, t, index, false, feedback);
                 }
             }
             _ => {}
@@ -886,7 +870,7 @@ impl Cores for ShoalCores {
 
     fn on_deliver(
         &mut self,
-        _now: Time,
+        now: Time,
         _from: u32,
         to: u32,
         msg: &SimMsg,
@@ -959,22 +943,26 @@ impl Cores for ShoalCores {
                     },
                 )));
             }
-            SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => match a {
-                AnnounceResponse::Accepted { ttl_secs } => {
-                    self.counters.accepted += 1;
-                    self.ttl_secs = (*ttl_secs).max(2);
-                }
-                AnnounceResponse::Rejected { .. } => {
-                    self.counters.rejected += 1;
-                    if let Some(p) = self.peers.get(to as usize) {
-                        // Resynchronise with a full announce once the rate allows.
-                        to_receiver.push(Feedback::Timer {
-                            after_us: RETRY_US,
-                            token: p.session << 2 | TIMER_RETRY,
-                        });
+            SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => {
+                let ttl = match a {
+                    AnnounceResponse::Accepted { ttl_secs } => {
+                        self.counters.accepted += 1;
+                        Some(*ttl_secs)
                     }
+                    AnnounceResponse::Rejected { .. } => {
+                        self.counters.rejected += 1;
+                        None
+                    }
+                };
+                if let Some(ann) = self
+                    .peers
+                    .get_mut(to as usize)
+                    .and_then(|p| p.announcer.as_mut())
+                {
+                    ann.answered(now, ttl);
+                    self.arm(now, to, to_receiver);
                 }
-            },
+            }
             _ => {}
         }
     }

@@ -660,7 +660,8 @@ impl<C: Cores> World<C> {
 
     fn command(&mut self, node: u32, action: Listen) {
         let mut fb = Vec::new();
-        self.cores.commands(node, action, &mut fb);
+        let now = self.engine.now();
+        self.cores.commands(now, node, action, &mut fb);
         for f in fb {
             self.apply(node, f);
         }

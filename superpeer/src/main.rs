@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
-use shoal_superpeer::net::config::{Overrides, RelaySection, Settings};
+use shoal_superpeer::net::config::{CacheSection, Overrides, RelaySection, Settings};
 use shoal_superpeer::net::node::{self, Command as NodeCommand};
 
 /// Relay between NATed peers, index what they hold, cache popular chunks.
@@ -17,7 +17,7 @@ use shoal_superpeer::net::node::{self, Command as NodeCommand};
 #[command(name = "shoal-superpeer", version, arg_required_else_help = true)]
 struct Cli {
     /// TOML configuration file (keys: listen, http, tracker, data, external_addr,
-    /// [relay] ..., [index] ...); command-line flags override it. Re-read on SIGHUP.
+    /// [relay] ..., [index] ..., [cache] ...); command-line flags override it. Re-read on SIGHUP.
     #[arg(long, global = true, value_name = "FILE.toml")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -79,6 +79,31 @@ struct ServeArgs {
     /// Total relay bandwidth in Mbit/s; 0 = unlimited [default: 0].
     #[arg(long, value_name = "MBIT/S")]
     relay_bandwidth_mbit: Option<u64>,
+    /// Chunk cache directory: tracks several leaves asked for are fetched by an embedded
+    /// cache peer, kept here and served to leaves [default: DATA/cache].
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Chunk cache size in MiB [default: 1024].
+    #[arg(long, value_name = "MIB")]
+    cache_limit_mib: Option<u64>,
+    /// libp2p address of the cache peer, repeatable
+    /// [default: /ip4/0.0.0.0/udp/7704/quic-v1].
+    #[arg(long, value_name = "MULTIADDR")]
+    cache_listen: Vec<Multiaddr>,
+    /// Address leaves are given for the cache peer, repeatable [default: its listen
+    /// addresses, an unspecified IP replaced by the advertised IPs of the super-peer].
+    #[arg(long, value_name = "MULTIADDR")]
+    cache_external_addr: Vec<Multiaddr>,
+    /// Distinct leaves that must look up a track within the window before it is cached
+    /// [default: 2].
+    #[arg(long, value_name = "N")]
+    cache_after_leaves: Option<usize>,
+    /// The window of --cache-after-leaves, in seconds [default: 600].
+    #[arg(long, value_name = "SECS")]
+    cache_window_secs: Option<u64>,
+    /// Run without the chunk cache (relay and index only).
+    #[arg(long)]
+    no_cache: bool,
 }
 
 impl ServeArgs {
@@ -98,6 +123,15 @@ impl ServeArgs {
                 max_circuit_bytes: self.max_circuit_bytes,
                 reservation_duration_secs: self.reservation_duration_secs,
                 relay_bandwidth_mbit: self.relay_bandwidth_mbit,
+            },
+            cache: CacheSection {
+                enabled: self.no_cache.then_some(false),
+                dir: self.cache,
+                limit_mib: self.cache_limit_mib,
+                listen: Some(self.cache_listen).filter(|l| !l.is_empty()),
+                external_addr: Some(self.cache_external_addr).filter(|l| !l.is_empty()),
+                after_leaves: self.cache_after_leaves,
+                window_secs: self.cache_window_secs,
             },
         }
     }

@@ -1,9 +1,12 @@
-//! The super-peer's sans-IO core: the cluster index of leaf holdings and the relay limits.
+//! The super-peer's sans-IO core: the cluster index of leaf holdings, chunk-cache admission
+//! and the relay limits.
 //! No sockets, clocks or global randomness: time comes in as a `now` argument.
 
+pub mod admission;
 pub mod index;
 pub mod limits;
 
+pub use admission::{AdmissionConfig, AdmissionStats, CacheAdmission, Observed};
 pub use index::{
     Accepted, AggregateDelta, ClusterIndex, IndexConfig, IndexError, IndexStats, LeafHolder,
 };

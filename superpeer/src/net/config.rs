@@ -10,7 +10,7 @@ use libp2p::Multiaddr;
 use libp2p::multiaddr::Protocol;
 use serde::Deserialize;
 
-use crate::core::{IndexConfig, RelayLimits};
+use crate::core::{AdmissionConfig, IndexConfig, RelayLimits};
 
 /// The libp2p port of `shoal-superpeer serve` (QUIC and TCP).
 pub const DEFAULT_PORT: u16 = 7702;
@@ -18,6 +18,10 @@ pub const DEFAULT_PORT: u16 = 7702;
 pub const DEFAULT_HTTP: &str = "0.0.0.0:7703";
 /// The default data directory (holds the identity key).
 pub const DEFAULT_DATA: &str = "./superpeer-data";
+/// The libp2p port of the embedded cache peer (QUIC).
+pub const DEFAULT_CACHE_PORT: u16 = 7704;
+/// The cache's default size in MiB.
+pub const DEFAULT_CACHE_LIMIT_MIB: u64 = 1024;
 
 /// The whole file. Every key is optional; flags override it.
 ///
@@ -35,6 +39,13 @@ pub const DEFAULT_DATA: &str = "./superpeer-data";
 ///
 /// [index]
 /// ttl_secs = 600
+///
+/// [cache]
+/// dir = "/var/cache/shoal-superpeer"
+/// limit_mib = 4096
+/// listen = ["/ip4/0.0.0.0/udp/7704/quic-v1"]
+/// after_leaves = 2
+/// window_secs = 600
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +73,53 @@ pub struct FileConfig {
     /// `[index]`: the cluster index.
     #[serde(default)]
     pub index: IndexSection,
+    /// `[cache]`: the chunk cache.
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `[cache]`: the chunk cache. When several leaves ask for the same track, an embedded cache
+/// peer (its own identity, `cache.key` in the data directory) fetches it from peers or the
+/// origin, keeps it on disk and serves it; lookups list it first. Needs a tracker. Changing
+/// `enabled`, `dir`, `limit_mib` or `listen` needs a restart; `after_leaves` and
+/// `window_secs` are reloadable.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Run the cache (default true; `--no-cache` turns it off).
+    pub enabled: Option<bool>,
+    /// Cache directory (`--cache`); default `DATA/cache`.
+    pub dir: Option<PathBuf>,
+    /// Cache size in MiB (`--cache-limit-mib`); default 1024.
+    pub limit_mib: Option<u64>,
+    /// libp2p addresses of the cache peer (`--cache-listen`, repeatable); default QUIC on
+    /// port 7704 of every IPv4 interface.
+    pub listen: Option<Vec<Multiaddr>>,
+    /// Addresses leaves are given for the cache peer (`--cache-external-addr`); default: its
+    /// listen addresses, with an unspecified IP replaced by the super-peer's advertised IPs.
+    pub external_addr: Option<Vec<Multiaddr>>,
+    /// Distinct leaves that must ask for a track before it is cached (`--cache-after-leaves`);
+    /// default 2.
+    pub after_leaves: Option<usize>,
+    /// Window in which those lookups count, seconds (`--cache-window-secs`); default 600.
+    pub window_secs: Option<u64>,
+}
+
+/// The merged `[cache]` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Run the cache at all.
+    pub enabled: bool,
+    /// Cache directory.
+    pub dir: PathBuf,
+    /// Size in bytes.
+    pub max_bytes: u64,
+    /// Listen addresses of the cache peer.
+    pub listen: Vec<Multiaddr>,
+    /// Advertised addresses of the cache peer (empty: derived).
+    pub external_addrs: Vec<Multiaddr>,
+    /// Admission thresholds.
+    pub admission: AdmissionConfig,
 }
 
 /// `[relay]`: the relay's limits, sized for streaming audio. Changing any but
@@ -153,6 +211,8 @@ pub struct Overrides {
     pub external_addr: Vec<Multiaddr>,
     /// The `[relay]` flags.
     pub relay: RelaySection,
+    /// The `[cache]` flags (`--no-cache` sets `enabled = Some(false)`).
+    pub cache: CacheSection,
 }
 
 /// The merged settings `serve` runs with.
@@ -172,6 +232,8 @@ pub struct Settings {
     pub relay: RelayLimits,
     /// Cluster index thresholds.
     pub index: IndexConfig,
+    /// The chunk cache.
+    pub cache: CacheSettings,
 }
 
 impl Settings {
@@ -276,6 +338,7 @@ impl Settings {
                 )));
             }
         }
+        let cache = merge_cache(&flags.cache, &file.cache, &data)?;
         Ok(Self {
             listen,
             http,
@@ -284,6 +347,7 @@ impl Settings {
             external_addrs,
             relay,
             index,
+            cache,
         })
     }
 
@@ -307,6 +371,18 @@ impl Settings {
         }
         if self.data != new.data {
             keys.push("data");
+        }
+        let (c, d) = (&self.cache, &new.cache);
+        for (key, changed) in [
+            ("cache.enabled", c.enabled != d.enabled),
+            ("cache.dir", c.dir != d.dir),
+            ("cache.limit_mib", c.max_bytes != d.max_bytes),
+            ("cache.listen", c.listen != d.listen),
+            ("cache.external_addr", c.external_addrs != d.external_addrs),
+        ] {
+            if changed {
+                keys.push(key);
+            }
         }
         let (a, b) = (&self.relay, &new.relay);
         for (key, changed) in [
@@ -344,6 +420,86 @@ impl Settings {
     }
 }
 
+fn merge_cache(
+    f: &CacheSection,
+    file: &CacheSection,
+    data: &Path,
+) -> Result<CacheSettings, ConfigError> {
+    let limit_mib = f
+        .limit_mib
+        .or(file.limit_mib)
+        .unwrap_or(DEFAULT_CACHE_LIMIT_MIB);
+    if limit_mib == 0 || limit_mib > (1 << 30) {
+        return Err(ConfigError::Invalid(format!(
+            "cache.limit_mib = {limit_mib}: must be 1..=1073741824"
+        )));
+    }
+    let listen = f
+        .listen
+        .clone()
+        .filter(|l| !l.is_empty())
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(default_cache_listen);
+    let da = AdmissionConfig::default();
+    let after_leaves = f
+        .after_leaves
+        .or(file.after_leaves)
+        .unwrap_or(da.after_leaves);
+    let window_secs = f
+        .window_secs
+        .or(file.window_secs)
+        .unwrap_or(da.window.as_secs());
+    if after_leaves == 0 {
+        return Err(ConfigError::Invalid(
+            "cache.after_leaves = 0: must be at least 1".into(),
+        ));
+    }
+    if window_secs == 0 {
+        return Err(ConfigError::Invalid(
+            "cache.window_secs = 0: must be at least 1".into(),
+        ));
+    }
+    let enabled = f.enabled.or(file.enabled).unwrap_or(true);
+    if enabled && listen.is_empty() {
+        return Err(ConfigError::Invalid(
+            "cache.listen: at least one address is needed".into(),
+        ));
+    }
+    let max_bytes = limit_mib << 20;
+    Ok(CacheSettings {
+        enabled,
+        dir: f
+            .dir
+            .clone()
+            .or_else(|| file.dir.clone())
+            .unwrap_or_else(|| data.join("cache")),
+        max_bytes,
+        listen,
+        external_addrs: f
+            .external_addr
+            .clone()
+            .filter(|l| !l.is_empty())
+            .or_else(|| file.external_addr.clone())
+            .unwrap_or_default(),
+        admission: AdmissionConfig {
+            after_leaves,
+            window: Duration::from_secs(window_secs),
+            max_cache_bytes: max_bytes,
+            ..da
+        },
+    })
+}
+
+/// `/ip4/0.0.0.0/udp/7704/quic-v1`.
+pub fn default_cache_listen() -> Vec<Multiaddr> {
+    vec![
+        Multiaddr::empty()
+            .with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED))
+            .with(Protocol::Udp(DEFAULT_CACHE_PORT))
+            .with(Protocol::QuicV1),
+    ]
+}
+
 /// `/ip4/0.0.0.0/udp/7702/quic-v1` and `/ip4/0.0.0.0/tcp/7702`.
 pub fn default_listen() -> Vec<Multiaddr> {
     let any = Multiaddr::empty().with(Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED));
@@ -369,6 +525,41 @@ mod tests {
         assert_eq!(s.data, PathBuf::from(DEFAULT_DATA));
         assert_eq!(s.relay, RelayLimits::default());
         assert_eq!(s.tracker, None);
+        assert!(s.cache.enabled);
+        assert_eq!(s.cache.dir, PathBuf::from(DEFAULT_DATA).join("cache"));
+        assert_eq!(s.cache.max_bytes, 1 << 30);
+        assert_eq!(s.cache.listen, default_cache_listen());
+        assert_eq!(s.cache.admission.after_leaves, 2);
+    }
+
+    #[test]
+    fn cache_section_and_flags() {
+        let file: FileConfig = toml::from_str(
+            "[cache]\nlimit_mib = 10\nafter_leaves = 3\nwindow_secs = 60\ndir = \"/c\"\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            cache: CacheSection {
+                after_leaves: Some(5),
+                ..CacheSection::default()
+            },
+            ..Overrides::default()
+        };
+        let s = Settings::merge(&flags, &file).unwrap();
+        assert_eq!(s.cache.max_bytes, 10 << 20);
+        assert_eq!(s.cache.admission.max_cache_bytes, 10 << 20);
+        assert_eq!(s.cache.admission.after_leaves, 5);
+        assert_eq!(s.cache.admission.window, Duration::from_secs(60));
+        assert_eq!(s.cache.dir, PathBuf::from("/c"));
+        let bad: FileConfig = toml::from_str("[cache]\nafter_leaves = 0\n").unwrap();
+        let e = Settings::merge(&Overrides::default(), &bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cache.after_leaves"), "{e}");
+        let mut b = s.clone();
+        b.cache.admission.after_leaves = 1;
+        b.cache.max_bytes = 1;
+        assert_eq!(s.restart_needed(&b), vec!["cache.limit_mib"]);
     }
 
     #[test]

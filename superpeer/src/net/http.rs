@@ -37,8 +37,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
 pub fn render_metrics(s: &Shared) -> String {
     let c = &s.counters;
     let idx = lock(&s.index).stats();
+    let adm = lock(&s.admission).stats();
+    let (served, announced) = {
+        let v = lock(&s.cache);
+        (v.served_bytes, v.announced && v.held_tracks > 0)
+    };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let rows: [(&str, &str, &str, u64); 22] = [
+    let rows: [(&str, &str, &str, u64); 32] = [
         (
             "shoal_superpeer_leaves",
             "gauge",
@@ -168,8 +173,68 @@ pub fn render_metrics(s: &Shared) -> String {
         (
             "shoal_superpeer_cache_hits_total",
             "counter",
-            "Chunks served from the super-peer's cache (no cache yet: always 0).",
-            0,
+            "Holder lookups answered with the super-peer's cache peer (it holds the whole track).",
+            get(&c.cache_hits),
+        ),
+        (
+            "shoal_superpeer_cache_served_bytes_total",
+            "counter",
+            "Chunk bytes the cache peer uploaded to leaves.",
+            served,
+        ),
+        (
+            "shoal_superpeer_cache_announced",
+            "gauge",
+            "1 when the tracker has accepted the cache peer's holdings (it holds something).",
+            u64::from(announced),
+        ),
+        (
+            "shoal_superpeer_cache_tracks",
+            "gauge",
+            "Tracks the cache holds completely.",
+            adm.cached_tracks as u64,
+        ),
+        (
+            "shoal_superpeer_cache_chunks",
+            "gauge",
+            "Chunks of the tracks the cache holds.",
+            adm.cached_chunks,
+        ),
+        (
+            "shoal_superpeer_cache_bytes",
+            "gauge",
+            "Bytes of the tracks the cache holds.",
+            adm.cached_bytes,
+        ),
+        (
+            "shoal_superpeer_cache_admitted_total",
+            "counter",
+            "Tracks admitted to the cache (enough distinct leaves looked them up).",
+            adm.admitted_total,
+        ),
+        (
+            "shoal_superpeer_cache_fetch_queue",
+            "gauge",
+            "Admitted tracks waiting to be fetched or being fetched.",
+            (adm.queued + adm.fetching) as u64,
+        ),
+        (
+            "shoal_superpeer_cache_fetch_failures_total",
+            "counter",
+            "Cache fetches given up (stalled, invalid manifest).",
+            adm.failed_total,
+        ),
+        (
+            "shoal_superpeer_cache_evicted_total",
+            "counter",
+            "Tracks no longer listed to stay within the cache's size.",
+            adm.evicted_total,
+        ),
+        (
+            "shoal_superpeer_cache_tracked_tracks",
+            "gauge",
+            "Tracks whose lookups are being counted for admission.",
+            adm.tracked as u64,
         ),
     ];
     let mut out = String::new();
@@ -203,6 +268,8 @@ pub fn render_status(s: &Shared) -> String {
     let c = &s.counters;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let idx = lock(&s.index).stats();
+    let adm = lock(&s.admission).stats();
+    let cache = lock(&s.cache).clone();
     let up = s.started.elapsed().as_secs();
     let uptime = format!("{}h {:02}m {:02}s", up / 3600, up / 60 % 60, up % 60);
     let list = |addrs: &[libp2p::Multiaddr]| {
@@ -253,6 +320,54 @@ pub fn render_status(s: &Shared) -> String {
             "Lookups forwarded to the tracker",
             get(&c.lookups_forwarded).to_string(),
         ),
+        ("Cache", esc(&cache.state)),
+        (
+            "Cache peer",
+            cache
+                .peer_id
+                .map_or("-".to_owned(), |p| format!("<code>{p}</code>")),
+        ),
+        (
+            "Cache addresses",
+            cache
+                .addrs
+                .iter()
+                .map(|a| format!("<code>{}</code>", esc(&a.to_string())))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+        ),
+        (
+            "Cached tracks / chunks / bytes",
+            format!(
+                "{} / {} / {}",
+                adm.cached_tracks, adm.cached_chunks, adm.cached_bytes
+            ),
+        ),
+        (
+            "Tracks admitted / queued / failed",
+            format!(
+                "{} / {} / {}",
+                adm.admitted_total,
+                adm.queued + adm.fetching,
+                adm.failed_total
+            ),
+        ),
+        (
+            "Fetching",
+            cache
+                .fetching
+                .map_or("-".to_owned(), |t| format!("<code>{t}</code>")),
+        ),
+        (
+            "Cache announced to the tracker",
+            format!(
+                "{} ({} tracks held)",
+                if cache.announced { "yes" } else { "no" },
+                cache.held_tracks
+            ),
+        ),
+        ("Cache hits", get(&c.cache_hits).to_string()),
+        ("Cache bytes served", cache.served_bytes.to_string()),
         ("Uptime", uptime),
     ];
     let table: String = rows

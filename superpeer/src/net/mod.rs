@@ -1,6 +1,7 @@
 //! The driver: turns real events (sockets, disk, clock) into core inputs and core outputs into
 //! frames, writes and timers. It decides nothing.
 
+pub mod cache;
 pub mod config;
 pub mod http;
 pub mod node;

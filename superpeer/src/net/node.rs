@@ -1,7 +1,8 @@
 //! The super-peer's libp2p node: circuit relay v2 (server) with streaming-sized limits,
 //! identify, ping, AutoNAT (server side), and `/shoal/announce/1` + `/shoal/lookup/1`
 //! answered from the [`ClusterIndex`], forwarding what the cluster cannot answer to the
-//! tracker.
+//! tracker. Holder lookups also feed [`CacheAdmission`]: tracks several leaves ask for are
+//! fetched by the embedded cache peer ([`super::cache`]), which lookups then list first.
 //!
 //! Thin driver: the index decides (announce rules, expiry, which leaves to hand out); this
 //! module supplies identities (the PeerId each connection authenticated), observed addresses,
@@ -20,18 +21,20 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, relay};
+use shoal_protocol::TrackId;
 use shoal_protocol::ids::NodeId;
 use shoal_protocol::sansio::Time;
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, Holder, LookupRequest, LookupResponse, PeerContact, WireMessage,
 };
 use shoal_tracker::net::p2p::{Behaviour as ShoalBehaviour, BehaviourEvent as ShoalEvent};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::cache::{Cache, CacheView};
 use super::config::Settings;
 use super::throttle::Throttle;
-use crate::core::{ClusterIndex, RelayLimits};
+use crate::core::{CacheAdmission, ClusterIndex, Observed, RelayLimits};
 
 /// File name of the super-peer's key inside the data directory.
 pub const KEY_FILE: &str = "superpeer.key";
@@ -104,6 +107,8 @@ pub struct Counters {
     pub lookups_forwarded: AtomicU64,
     /// AutoNAT dial-back probes answered.
     pub autonat_probes: AtomicU64,
+    /// Holder lookups answered with the cache peer.
+    pub cache_hits: AtomicU64,
 }
 
 fn inc(c: &AtomicU64) {
@@ -135,6 +140,10 @@ pub struct Shared {
     pub external_addrs: Mutex<Vec<Multiaddr>>,
     /// The tracker's libp2p endpoint when known.
     pub tracker: Mutex<Option<PeerId>>,
+    /// Which tracks to cache, and which the cache holds.
+    pub admission: Mutex<CacheAdmission>,
+    /// The cache peer, as the lookup path and the status page see it.
+    pub cache: Mutex<CacheView>,
 }
 
 /// Locks ignoring poison (every guarded value stays consistent between calls).
@@ -161,6 +170,7 @@ pub struct Node {
     /// Listen addresses bound at start (ports resolved).
     pub listen_addrs: Vec<Multiaddr>,
     task: JoinHandle<()>,
+    cache: Option<Cache>,
 }
 
 impl Node {
@@ -172,6 +182,9 @@ impl Node {
         }
         self.task.abort();
         let _ = self.task.await;
+        if let Some(c) = self.cache {
+            c.shutdown(grace).await;
+        }
     }
 }
 
@@ -263,7 +276,11 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
         listen_addrs: Mutex::new(listen_addrs.clone()),
         external_addrs: Mutex::new(Vec::new()),
         tracker: Mutex::new(None),
+        admission: Mutex::new(CacheAdmission::new(settings.cache.admission.clone())),
+        cache: Mutex::new(CacheView::default()),
     });
+    let cache_wake = Arc::new(Notify::new());
+    let cache = super::cache::start(settings, &shared, Arc::clone(&cache_wake))?;
     let (commands, rx) = mpsc::channel(8);
     let (tracker_tx, tracker_rx) = mpsc::channel(4);
     let mut driver = Driver {
@@ -277,6 +294,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
         tracker_tx,
         tracker_rx,
         settings: settings.clone(),
+        cache_wake,
     };
     driver.apply_external_addrs(&listen_addrs);
     driver.resolve_tracker();
@@ -286,6 +304,7 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
         commands,
         listen_addrs,
         task,
+        cache,
     })
 }
 
@@ -321,6 +340,8 @@ struct Driver {
     tracker_tx: mpsc::Sender<Result<TrackerEndpoint, String>>,
     tracker_rx: mpsc::Receiver<Result<TrackerEndpoint, String>>,
     settings: Settings,
+    /// Wakes the cache task when a track is admitted.
+    cache_wake: Arc<Notify>,
 }
 
 impl Driver {
@@ -393,6 +414,11 @@ impl Driver {
         self.settings.tracker = new.tracker;
         self.settings.external_addrs = new.external_addrs;
         self.settings.index = new.index;
+        let mut admission = new.cache.admission;
+        // The cache's size is fixed until a restart.
+        admission.max_cache_bytes = self.settings.cache.max_bytes;
+        lock(&self.shared.admission).set_config(admission.clone());
+        self.settings.cache.admission = admission;
         self.settings.relay.relay_bandwidth_mbit = new.relay.relay_bandwidth_mbit;
         if external_changed {
             let listen = lock(&self.shared.listen_addrs).clone();
@@ -754,16 +780,21 @@ impl Driver {
         if let LookupRequest::Holders { track, limit } = &request {
             let node = NodeId::from_key(&peer.to_bytes());
             let now = self.now();
+            let cached = self.cache_holder(peer, node, *track, now);
             let found = lock(&self.shared.index).holders(node, track, usize::from(*limit), now);
-            if !found.is_empty() || self.tracker.is_none() {
+            if !found.is_empty() || self.tracker.is_none() || cached.is_some() {
+                if cached.is_some() {
+                    inc(&self.shared.counters.cache_hits);
+                }
                 let via = self.own_contact();
-                let holders = found
+                let holders = cached
                     .into_iter()
-                    .map(|h| Holder {
+                    .chain(found.into_iter().map(|h| Holder {
                         peer: h.contact,
                         via: Some(via.clone()),
                         region: h.region,
-                    })
+                    }))
+                    .take(usize::from(*limit).max(1))
                     .collect();
                 let track = *track;
                 self.respond_lookup(channel, LookupResponse::Holders { track, holders });
@@ -788,6 +819,42 @@ impl Driver {
             .lookup
             .send_request_with_addresses(&tracker.peer, request, tracker.addrs.clone());
         self.forwards.insert(id, Forward { channel });
+    }
+
+    /// Counts `peer`'s lookup of `track` for cache admission (waking the cache task when
+    /// the track is admitted); the cache peer as a holder when it holds the whole track.
+    /// The cache peer is public, so no `via`; `Holder` has no super-peer flag yet, so leaves
+    /// count its bytes as `peers`.
+    fn cache_holder(
+        &mut self,
+        peer: PeerId,
+        node: NodeId,
+        track: TrackId,
+        now: Time,
+    ) -> Option<Holder> {
+        let (cache_peer, addrs) = {
+            let v = lock(&self.shared.cache);
+            (v.peer_id?, v.addrs.clone())
+        };
+        if cache_peer == peer {
+            return None;
+        }
+        match lock(&self.shared.admission).observe(node, track, now) {
+            Observed::Admitted => {
+                tracing::info!(%track, "track admitted to the chunk cache");
+                self.cache_wake.notify_one();
+                None
+            }
+            Observed::Cached if !addrs.is_empty() => Some(Holder {
+                peer: PeerContact {
+                    peer_id: cache_peer.to_bytes(),
+                    addrs: addrs.iter().map(ToString::to_string).collect(),
+                },
+                via: None,
+                region: None,
+            }),
+            _ => None,
+        }
     }
 
     fn respond_lookup(

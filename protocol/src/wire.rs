@@ -361,6 +361,8 @@ pub struct Holder {
     pub via: Option<PeerContact>,
     /// Its region, if known.
     pub region: Option<String>,
+    /// True for a super-peer's own cache (its bytes count as `superpeers`).
+    pub superpeer: bool,
 }
 
 /// `/shoal/lookup/1` responses.
@@ -505,8 +507,14 @@ mod tests {
             arb_contact(),
             prop::option::of(arb_contact()),
             prop::option::of("[A-Z]{2}"),
+            any::<bool>(),
         )
-            .prop_map(|(peer, via, region)| Holder { peer, via, region });
+            .prop_map(|(peer, via, region, superpeer)| Holder {
+                peer,
+                via,
+                region,
+                superpeer,
+            });
         prop_oneof![
             prop::collection::vec(summary, 0..20).prop_map(LookupResponse::Tracks),
             (arb_track(), prop::collection::vec(holder, 0..20))

@@ -490,6 +490,7 @@ impl PeerNode {
             origin_tasks: HashMap::new(),
             origin_tx,
             lookups: HashMap::new(),
+            deferred_lookups: Vec::new(),
             last_lookup: HashMap::new(),
             track_of_chunk: HashMap::new(),
             chunks_of_track: HashMap::new(),
@@ -591,6 +592,8 @@ struct Driver {
     /// Holder lookups in flight: the track, and whether a super-peer was asked (if it fails,
     /// the tracker is asked).
     lookups: HashMap<OutboundRequestId, (TrackId, bool)>,
+    /// Lookups waiting for the attachment to settle.
+    deferred_lookups: Vec<TrackId>,
     last_lookup: HashMap<TrackId, Instant>,
     /// For announces: which track a cached chunk belongs to, and each known track's chunks.
     track_of_chunk: HashMap<ChunkId, TrackId>,
@@ -803,7 +806,12 @@ impl Driver {
         let now = self.now();
         // While a reservation is being set up, announcing would list addresses nobody behind
         // another NAT can dial: wait until attached (or until no super-peer is usable).
-        let attaching = self.attacher.current().is_none() && self.attacher.choice(now).is_some();
+        let attaching = self.attaching();
+        if !attaching && !self.deferred_lookups.is_empty() {
+            for track in std::mem::take(&mut self.deferred_lookups) {
+                self.lookup(track);
+            }
+        }
         if let Some(tracker) = self.tracker.filter(|_| !attaching) {
             if let Some(plan) = self.announcer.poll(now) {
                 let via = self
@@ -1113,7 +1121,19 @@ impl Driver {
         }
     }
 
+    /// A reservation is being set up: lookups and announces wait for its outcome (under a
+    /// second at start), so they go to the right place with the right addresses.
+    fn attaching(&self) -> bool {
+        self.attacher.current().is_none() && self.attacher.choice(self.now()).is_some()
+    }
+
     fn lookup(&mut self, track: TrackId) {
+        if self.attaching() {
+            if !self.deferred_lookups.contains(&track) && self.deferred_lookups.len() < 64 {
+                self.deferred_lookups.push(track);
+            }
+            return;
+        }
         let superpeer = self.current_superpeer().map(|(p, _)| p);
         let Some(target) = superpeer.or(self.tracker) else {
             // Nobody to ask: the origin alone serves.
@@ -1197,7 +1217,7 @@ impl Driver {
             self.nodes.insert(node, peer);
             peers.push(PeerInfo {
                 node,
-                superpeer: false,
+                superpeer: h.superpeer,
                 rtt_ms: None,
             });
         }

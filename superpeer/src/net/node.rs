@@ -793,6 +793,7 @@ impl Driver {
                         peer: h.contact,
                         via: Some(via.clone()),
                         region: h.region,
+                        superpeer: false,
                     }))
                     .take(usize::from(*limit).max(1))
                     .collect();
@@ -852,6 +853,7 @@ impl Driver {
                 },
                 via: None,
                 region: None,
+                superpeer: true,
             }),
             _ => None,
         }

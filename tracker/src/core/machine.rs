@@ -263,7 +263,8 @@ mod tests {
                     holders: vec![Holder {
                         peer: contact(1),
                         via: None,
-                        region: None
+                        region: None,
+                        superpeer: false,
                     }]
                 })
             }]

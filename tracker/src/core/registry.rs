@@ -81,6 +81,7 @@ impl HolderRef<'_> {
             peer: self.contact.clone(),
             via: self.via.cloned(),
             region: self.region.map(str::to_owned),
+            superpeer: false,
         }
     }
 }

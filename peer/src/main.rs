@@ -276,12 +276,20 @@ fn run(cli: Cli) -> Result<()> {
             duration: _,
             net: _,
         } => {
-            let [track] = what.as_slice() else {
-                bail!("with --data, give exactly one track id");
+            // Usage errors, reported (and exiting with 2) the way clap reports its own.
+            let usage = |msg: String| -> ! {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, msg)
+                    .exit()
             };
-            let track: TrackId = track
-                .parse()
-                .with_context(|| format!("{track:?} is not a track id"))?;
+            let [track] = what.as_slice() else {
+                usage("with --data, give exactly one track id".into());
+            };
+            let track: TrackId = match track.parse() {
+                Ok(t) => t,
+                Err(e) => usage(format!("{track:?} is not a track id: {e}")),
+            };
             play_local(&data, &output, start, json, track)
         }
         Command::Play {

@@ -140,6 +140,26 @@ fn clear_errors() {
             "both want stdout",
         ),
         (&["plya"], 2, "play"),
+        (
+            &[
+                "play",
+                "--tracker",
+                "http://127.0.0.1:9",
+                "--cache",
+                "/tmp/shoal-test-unreachable-cache",
+                "--output",
+                "null",
+                "awakening",
+            ],
+            1,
+            "cannot reach the tracker at http://127.0.0.1:9",
+        ),
+        (
+            &["serve", "--superpeer", "/ip4/127.0.0.1/udp/9/quic-v1"],
+            1,
+            "must end in /p2p/PEER_ID",
+        ),
+        (&["play", "--tracker", "ftp://x", "awakening"], 1, "http://"),
     ];
     for (args, code, message) in cases {
         let out = peer(args);

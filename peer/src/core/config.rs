@@ -45,6 +45,10 @@ pub struct SchedulerConfig {
     pub late_factor: f64,
     /// ...plus this slack (default 250 ms), so jitter on tiny chunks does not count as late.
     pub late_slack_ms: u64,
+    /// While the holder lookup is unanswered, chunks wait for its answer rather than go to
+    /// the origin (unless waiting would make them late), for at most this long (default
+    /// 500 ms); then the lookup counts as "nobody".
+    pub lookup_wait_ms: u64,
     /// A request unanswered after this long is abandoned and cancelled, and its node left
     /// alone for `max_busy_backoff_ms` (default 60 s). Slowness is handled earlier, by
     /// lateness (re-requests elsewhere without cancelling); this catches silent nodes.
@@ -99,6 +103,7 @@ impl Default for SchedulerConfig {
             max_requests_per_chunk: 3,
             late_factor: 2.0,
             late_slack_ms: 250,
+            lookup_wait_ms: 500,
             request_timeout_ms: 60_000,
             max_busy_backoff_ms: 5_000,
             initial_peer_rate: 256_000,

@@ -271,6 +271,8 @@ struct TrackFetch {
     not_have: BTreeSet<(usize, NodeId)>,
     stats: PlayStats,
     asked_for_peers: bool,
+    /// When the holders were asked for (see `lookup_wait_ms`).
+    asked_peers_at: Time,
 }
 
 impl TrackFetch {
@@ -286,6 +288,7 @@ impl TrackFetch {
             not_have: BTreeSet::new(),
             stats: PlayStats::new(track),
             asked_for_peers: false,
+            asked_peers_at: Time::NEVER,
         }
     }
 
@@ -1432,6 +1435,7 @@ impl FetchScheduler {
         };
         if !f.asked_for_peers {
             f.asked_for_peers = true;
+            f.asked_peers_at = self.now;
             let t = f.track;
             self.emit(SchedulerEvent::NeedPeers(t));
         }
@@ -1475,8 +1479,11 @@ impl FetchScheduler {
         let peer = self.best_peer(f, index, len, &exclude, now);
         let origin = self.origin_candidate(&exclude, len, now);
         let holders = self.has_holders(f, index);
-        // `set_peers` records every answer, even an empty one.
-        let lookup_answered = self.holders.contains_key(&track);
+        // `set_peers` records every answer, even an empty one; an answer that takes too long
+        // counts as empty.
+        let lookup_answered = self.holders.contains_key(&track)
+            || now.saturating_since(f.asked_peers_at)
+                >= SchedulerConfig::ms(self.config.lookup_wait_ms);
         if asked.is_empty() {
             if !holders {
                 self.maybe_need_peers(slot);

@@ -925,3 +925,41 @@ fn while_the_lookup_is_pending_only_urgent_chunks_come_from_the_origin() {
         b.origin
     );
 }
+
+#[test]
+fn a_partly_cached_track_fetches_the_rest_in_time() {
+    // Played once from the origin (cached), then the second half is evicted: a replay reads
+    // the first half from the cache and must fetch the rest without an underrun, whether the
+    // lookup answers with a peer, with nobody, or never.
+    for (with_peer, answered) in [(false, true), (true, true), (false, false)] {
+        let t = make_track(21, 24, 16_000);
+        let mut net = setup(&[&t], 60, true);
+        if with_peer {
+            add_peer(&mut net, 2, 400_000.0, 30, &[&t]);
+        }
+        // The lookup's answer: the peer, or nobody.
+        if answered {
+            net.command_at(
+                Time::ZERO,
+                n(LISTENER),
+                SchedulerCommand::Peers {
+                    track: t.id,
+                    peers: if with_peer { vec![peer(2, 60)] } else { vec![] },
+                },
+            );
+        }
+        play(&mut net, Time::ZERO, t.id);
+        run_to_end(&mut net, 1, secs(400));
+        let at = net.now + Duration::from_secs(1);
+        for c in &t.manifest.chunks[12..] {
+            net.command_at(at, n(LISTENER), SchedulerCommand::CacheRemoved(c.id));
+        }
+        play(&mut net, at + Duration::from_millis(10), t.id);
+        run_to_end(&mut net, 2, at + Duration::from_secs(400));
+        let replay = net.finished(n(LISTENER))[1].clone();
+        let case = format!("with_peer {with_peer}, answered {answered}: {replay:?}");
+        assert!(replay.completed, "{case}");
+        assert!(replay.bytes_by_source.cache > 0, "{case}");
+        assert_eq!(replay.stutters, 0, "{case}");
+    }
+}

@@ -10,10 +10,17 @@
 //! [`Catalog::open`] (which creates the schema and the FTS5 triggers) and inserted in
 //! transactions of 10,000 rows with the same statement as [`Catalog::upsert`] (1M autocommit
 //! upserts would take far longer), then cached at `$CARGO_TARGET_DIR/bench-catalog-1m.sqlite`
-//! (default `target/`); a cached file whose schema or generator version differs is rebuilt.
+//! (default `target/`); a cached file whose schema or generator version differs is rebuilt (one
+//! from before the FTS5 prefix index is first upgraded in place by [`Catalog::open`], ≈ 10 s).
 //!
 //! Only [`Catalog::search`] (limit 20) is timed: 2,000 queries of mixed kinds, one at a time,
-//! after a warm-up pass; it prints p50/p90/p99/max per kind and overall.
+//! after a warm-up pass; it prints p50/p90/p99/max per kind and overall, and the CPU time per
+//! query (which other load on the machine changes less than latency). The same queries then run
+//! through the previous search (one FTS5 query, every word a prefix, `bm25()` over every match
+//! before `LIMIT`) as a baseline under the same load, on a copy of the catalog with the previous
+//! FTS5 table (no prefix index; see `baseline_pool`), made once and cached next to it; the
+//! ratios new ÷ baseline are printed last. `SHOAL_BENCH_NO_BASELINE=1` skips it (≈ 1–2 min).
+//! The hit counts per kind are the same for both: the tiers only order the same matches.
 //!
 //! With `SHOAL_BENCH_POSTGRES_URL` set (a throw-away database: 1M rows are written into its
 //! `tracks` table, kept between runs) the same queries also run against PostgreSQL.
@@ -22,10 +29,12 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use shoal_protocol::TrackId;
-use shoal_tracker::net::catalog::Catalog;
+use shoal_tracker::net::catalog::{Catalog, MAX_SEARCH_RESULTS};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 /// Bump when the generator changes so a cached catalog is rebuilt.
 const GENERATOR_VERSION: i64 = 1;
@@ -671,21 +680,154 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn run(name: &str, catalog: &Catalog, qs: &[(Kind, String)]) {
+/// The search before tiers and candidate caps (the baseline): every word a prefix, one FTS5
+/// query ranking every match by `bm25()` before `LIMIT` applies.
+async fn baseline_search(pool: &sqlx::SqlitePool, query: &str, limit: u32) -> usize {
+    let fts = query
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            format!(
+                "\"{}\"*",
+                w.chars().take(64).collect::<String>().to_lowercase()
+            )
+        })
+        .take(8)
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    if fts.is_empty() {
+        return 0;
+    }
+    sqlx::query(
+        "SELECT id, title, artist, album, duration_ms, bitrate, channels, bytes, source, added_at
+         FROM tracks JOIN (
+            SELECT rowid AS r, bm25(tracks_fts, 10.0, 4.0, 2.0) AS rank FROM tracks_fts
+            WHERE tracks_fts MATCH ?1 ORDER BY rank LIMIT ?2) AS hits ON tracks.rowid = hits.r
+         ORDER BY hits.rank, title",
+    )
+    .bind(fts)
+    .bind(i64::from(limit.clamp(1, MAX_SEARCH_RESULTS)))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .len()
+}
+
+/// A copy of the catalog whose FTS5 table is as the previous search had it (no prefix index),
+/// for the baseline: `$CARGO_TARGET_DIR/bench-catalog-1m-baseline.sqlite`, made from the catalog
+/// (`VACUUM INTO`, then the FTS5 table created again and rebuilt, ≈ 30 s) and kept while it
+/// holds the same tracks.
+async fn baseline_pool(world: &World, catalog: &sqlx::SqlitePool) -> sqlx::SqlitePool {
+    let path = target_dir().join("bench-catalog-1m-baseline.sqlite");
+    let open = async || {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .unwrap()
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal);
+        SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap()
+    };
+    if path.exists() {
+        let pool = open().await;
+        let fts: Option<String> =
+            sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'tracks_fts'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        let first: Option<String> = sqlx::query_scalar("SELECT id FROM tracks WHERE rowid = 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tracks")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if fts.is_some_and(|sql| !sql.contains("prefix="))
+            && first == Some(world.track(0).0.to_string())
+            && count == TRACKS as i64
+        {
+            eprintln!("using the cached baseline catalog {}", path.display());
+            return pool;
+        }
+        pool.close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    eprintln!(
+        "copying the catalog for the baseline to {} ...",
+        path.display()
+    );
+    sqlx::query("VACUUM INTO ?1")
+        .bind(path.display().to_string())
+        .execute(catalog)
+        .await
+        .unwrap();
+    let pool = open().await;
+    for stmt in [
+        "DROP TABLE tracks_fts",
+        "CREATE VIRTUAL TABLE tracks_fts USING fts5(
+            title, artist, album, content='tracks', content_rowid='rowid',
+            tokenize='unicode61 remove_diacritics 2')",
+        "INSERT INTO tracks_fts(tracks_fts) VALUES ('rebuild')",
+    ] {
+        sqlx::query(stmt).execute(&pool).await.unwrap();
+    }
+    pool
+}
+
+/// What is timed: the catalog's search, or the baseline on its copy of the catalog.
+#[derive(Clone, Copy)]
+enum Engine<'a> {
+    Catalog(&'a Catalog),
+    Baseline(&'a sqlx::SqlitePool),
+}
+
+impl Engine<'_> {
+    async fn search(self, q: &str) -> usize {
+        match self {
+            Engine::Catalog(c) => c.search(q, LIMIT).await.unwrap().len(),
+            Engine::Baseline(pool) => baseline_search(pool, q, LIMIT).await,
+        }
+    }
+}
+
+/// CPU time used so far by all of this process's threads (Linux: `/proc/self/task/*/schedstat`,
+/// in ns), or None elsewhere. Unlike latency, it hardly depends on what else the machine runs:
+/// SQLite searches run in this process (sqlx's connection threads), so it is their cost.
+fn cpu_time() -> Option<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
+}
+
+/// Runs the queries; returns every query's latency, sorted.
+async fn run(name: &str, engine: Engine<'_>, tracks: u64, qs: &[(Kind, String)]) -> Vec<Duration> {
     for (_, q) in qs.iter().take(WARMUP) {
-        catalog.search(q, LIMIT).await.unwrap();
+        engine.search(q).await;
     }
     let mut by_kind: BTreeMap<Kind, (Vec<Duration>, usize, usize)> = BTreeMap::new();
     let mut all = Vec::with_capacity(qs.len());
     let mut slowest = (Duration::ZERO, String::new());
+    let mut cpu = Vec::with_capacity(qs.len());
     for (kind, q) in qs {
+        let c = cpu_time();
         let t = Instant::now();
-        let hits = catalog.search(q, LIMIT).await.unwrap();
+        let hits = engine.search(q).await;
         let dt = t.elapsed();
+        if let (Some(c0), Some(c1)) = (c, cpu_time()) {
+            cpu.push(c1.saturating_sub(c0));
+        }
         let e = by_kind.entry(*kind).or_default();
         e.0.push(dt);
-        e.1 += hits.len();
-        e.2 += usize::from(hits.is_empty());
+        e.1 += hits;
+        e.2 += usize::from(hits == 0);
         all.push(dt);
         if dt > slowest.0 {
             slowest = (dt, q.clone());
@@ -693,8 +835,7 @@ async fn run(name: &str, catalog: &Catalog, qs: &[(Kind, String)]) {
     }
     println!();
     println!(
-        "{name}: {} tracks, {} queries, limit {LIMIT}, one at a time",
-        catalog.count().await.unwrap(),
+        "{name}: {tracks} tracks, {} queries, limit {LIMIT}, one at a time",
         qs.len()
     );
     println!();
@@ -725,6 +866,17 @@ async fn run(name: &str, catalog: &Catalog, qs: &[(Kind, String)]) {
     );
     println!();
     println!("slowest query: {:?} ({})", slowest.1, ms(slowest.0));
+    if cpu.len() == qs.len() && !matches!(engine, Engine::Catalog(Catalog::Postgres(_))) {
+        cpu.sort();
+        println!(
+            "CPU time per query (all threads of this process, whatever else runs): p50 {}, p90 {}, p99 {}, max {}",
+            ms(pct(&cpu, 0.5)),
+            ms(pct(&cpu, 0.9)),
+            ms(pct(&cpu, 0.99)),
+            ms(*cpu.last().unwrap()),
+        );
+    }
+    all
 }
 
 fn main() {
@@ -743,10 +895,37 @@ fn main() {
         let world = World::new();
         let qs = queries(&world, QUERIES);
         let sqlite = sqlite_catalog(&world).await;
-        run("SQLite (FTS5, WAL)", &sqlite, &qs).await;
+        let tracks = sqlite.count().await.unwrap();
+        let new = run("SQLite (FTS5, WAL)", Engine::Catalog(&sqlite), tracks, &qs).await;
+        if std::env::var_os("SHOAL_BENCH_NO_BASELINE").is_none() {
+            let Catalog::Sqlite(pool) = &sqlite else {
+                unreachable!()
+            };
+            let baseline = baseline_pool(&world, pool).await;
+            let name = "SQLite baseline (previous search and FTS5 index: bm25 over every match)";
+            let old = run(name, Engine::Baseline(&baseline), tracks, &qs).await;
+            println!();
+            println!("SQLite search ÷ baseline, same queries, same run:");
+            for (p, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
+                let (n, o) = (pct(&new, p), pct(&old, p));
+                println!(
+                    "  {label}: {} vs {} = {:.3}",
+                    ms(n),
+                    ms(o),
+                    n.as_secs_f64() / o.as_secs_f64()
+                );
+            }
+        }
         if let Ok(url) = std::env::var("SHOAL_BENCH_POSTGRES_URL") {
             let pg = postgres_catalog(&world, &url).await;
-            run("PostgreSQL (tsvector + GIN)", &pg, &qs).await;
+            let tracks = pg.count().await.unwrap();
+            run(
+                "PostgreSQL (tsvector + GIN)",
+                Engine::Catalog(&pg),
+                tracks,
+                &qs,
+            )
+            .await;
         }
     });
 }

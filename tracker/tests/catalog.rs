@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use shoal_protocol::TrackId;
-use shoal_tracker::net::catalog::Catalog;
+use shoal_tracker::net::catalog::{Catalog, SQLITE_RANK_ALL_UP_TO};
 use shoal_tracker::store::TrackMeta;
 
 fn meta(title: &str, artist: Option<&str>, album: Option<&str>) -> TrackMeta {
@@ -122,6 +122,180 @@ async fn title_outranks_artist_outranks_album() {
         assert_eq!(t, vec!["Aberrations", "Blue", "Travel"], "{db}");
     })
     .await;
+}
+
+#[tokio::test]
+async fn whole_words_and_titles_rank_first() {
+    both(async |c, db| {
+        sample(&c).await;
+        for m in [
+            meta("Lovely Day", Some("Sun Trio"), None),
+            meta(
+                "Songs of Love and Heartbreak and Other Long Stories",
+                None,
+                None,
+            ),
+            meta("Harbour", Some("Love Inc"), None),
+            meta("Travel Light", None, Some("Lovers Rock")),
+            meta("Love", Some("Sun Trio"), None),
+        ] {
+            c.upsert(&m).await.unwrap();
+        }
+        assert_eq!(
+            titles(&c, "love").await,
+            vec![
+                // the word in the title, the shorter title first
+                "Love",
+                "Songs of Love and Heartbreak and Other Long Stories",
+                // the word in the artist
+                "Harbour",
+                // a longer word in the title, then in the album
+                "Lovely Day",
+                "Travel Light",
+            ],
+            "{db}"
+        );
+        assert_eq!(
+            titles(&c, "love sun").await,
+            vec!["Love", "Lovely Day"],
+            "{db}: whole words before a word that is only a prefix"
+        );
+        assert_eq!(
+            titles(&c, "jour new").await,
+            vec!["A New Journey"],
+            "{db}: earlier words still match as prefixes"
+        );
+    })
+    .await;
+}
+
+/// Up to `SQLITE_RANK_ALL_UP_TO` matches, SQLite ranks them all: the best comes first even when
+/// it is the newest of many.
+#[tokio::test]
+async fn few_matches_are_all_ranked() {
+    both(async |c, db| {
+        for i in 0..SQLITE_RANK_ALL_UP_TO - 100 {
+            c.upsert(&meta(&format!("Love Song Number {i}"), None, None))
+                .await
+                .unwrap();
+        }
+        c.upsert(&meta("Lovers", Some("Love"), None)).await.unwrap();
+        c.upsert(&meta("Love", None, None)).await.unwrap();
+        let t = titles(&c, "love").await;
+        assert_eq!(
+            t[..3],
+            ["Love", "Love Song Number 0", "Love Song Number 1"],
+            "{db}"
+        );
+        assert_eq!(t[19], "Love Song Number 18", "{db}: shortest first: {t:?}");
+        let t = titles(&c, "lovers").await;
+        assert_eq!(t, ["Lovers"], "{db}");
+    })
+    .await;
+}
+
+/// Beyond `SQLITE_RANK_ALL_UP_TO` matches, SQLite ranks at most that many of each tier; the
+/// tiers themselves are never cut, so the one title with the whole word comes first however
+/// many partial or artist/album matches there are, and however old they are.
+#[tokio::test]
+async fn best_tier_wins_over_more_matches_than_are_ranked() {
+    both(async |c, db| {
+        let n = SQLITE_RANK_ALL_UP_TO + 200;
+        for i in 0..n {
+            c.upsert(&meta(&format!("Track {i}"), None, Some("Love Collection")))
+                .await
+                .unwrap();
+            c.upsert(&meta(&format!("Lovely {i}"), None, None))
+                .await
+                .unwrap();
+        }
+        c.upsert(&meta("Endless Love", Some("Late Band"), None))
+            .await
+            .unwrap();
+        let t = titles(&c, "love").await;
+        assert_eq!(t.len(), 20, "{db}");
+        assert_eq!(t[0], "Endless Love", "{db}: {t:?}");
+        assert!(
+            t[1..].iter().all(|t| t.starts_with("Track ")),
+            "{db}: {t:?}"
+        );
+        let t = titles(&c, "lovel").await;
+        assert!(t.iter().all(|t| t.starts_with("Lovely ")), "{db}: {t:?}");
+        assert_eq!(titles(&c, "late lov").await, vec!["Endless Love"], "{db}");
+    })
+    .await;
+}
+
+/// A catalog written by an older version (FTS5 table without its prefix index) opens, gets the
+/// new index, and searches as a new one does.
+#[tokio::test]
+async fn sqlite_upgrades_an_older_search_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Catalog::default_url(dir.path());
+    {
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        for stmt in [
+            "CREATE TABLE tracks (
+                id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL, artist TEXT, album TEXT,
+                duration_ms INTEGER NOT NULL, bitrate INTEGER NOT NULL, channels INTEGER NOT NULL,
+                bytes INTEGER NOT NULL, source TEXT NOT NULL, added_at INTEGER NOT NULL)",
+            "CREATE VIRTUAL TABLE tracks_fts USING fts5(
+                title, artist, album, content='tracks', content_rowid='rowid',
+                tokenize='unicode61 remove_diacritics 2')",
+            "CREATE TRIGGER tracks_ai AFTER INSERT ON tracks BEGIN
+                INSERT INTO tracks_fts(rowid, title, artist, album) VALUES (new.rowid, new.title, new.artist, new.album);
+             END",
+            "CREATE TRIGGER tracks_ad AFTER DELETE ON tracks BEGIN
+                INSERT INTO tracks_fts(tracks_fts, rowid, title, artist, album) VALUES ('delete', old.rowid, old.title, old.artist, old.album);
+             END",
+            "CREATE TRIGGER tracks_au AFTER UPDATE ON tracks BEGIN
+                INSERT INTO tracks_fts(tracks_fts, rowid, title, artist, album) VALUES ('delete', old.rowid, old.title, old.artist, old.album);
+                INSERT INTO tracks_fts(rowid, title, artist, album) VALUES (new.rowid, new.title, new.artist, new.album);
+             END",
+            "INSERT INTO tracks VALUES ('x', 'Aberrations', 'Sean Hayes', 'Singularity', 1, 1, 2, 1, 's', 1)",
+        ] {
+            sqlx::query(stmt).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    }
+    let fts_sql = async |c: &Catalog| -> String {
+        let Catalog::Sqlite(pool) = c else {
+            unreachable!()
+        };
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'tracks_fts'")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    // The old row is rebuilt into the new index (read with raw SQL: its id is no TrackId).
+    let c = Catalog::open(&url).await.unwrap();
+    assert!(fts_sql(&c).await.contains("prefix='1 2 3 4'"));
+    let Catalog::Sqlite(pool) = &c else {
+        unreachable!()
+    };
+    let hits: Vec<i64> =
+        sqlx::query_scalar("SELECT rowid FROM tracks_fts WHERE tracks_fts MATCH '\"ab\"*'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(hits, vec![1]);
+    sqlx::query("DELETE FROM tracks WHERE id = 'x'")
+        .execute(pool)
+        .await
+        .unwrap();
+    sample(&c).await;
+    assert_eq!(
+        titles(&c, "aberr").await,
+        vec!["Aberrations", "Blue", "Travel"]
+    );
+    drop(c);
+    let c = Catalog::open(&url).await.unwrap();
+    assert!(fts_sql(&c).await.contains("prefix='1 2 3 4'"));
+    assert_eq!(c.count().await.unwrap(), 6);
+    assert_eq!(titles(&c, "awak").await, vec!["Awakening"]);
 }
 
 #[tokio::test]

@@ -392,40 +392,13 @@ impl PeerNode {
             }
             superpeers.insert(node_of(&sp_id), (sp_id, base));
         }
-        for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| NodeError::Listen {
-                    addr: addr.clone(),
-                    reason: e.to_string(),
-                })?;
-        }
-        let mut listen_addrs = Vec::new();
-        let mut pending = config.listen.len();
-        let wait = async {
-            while pending > 0 {
-                match swarm.select_next_some().await {
-                    SwarmEvent::NewListenAddr { address, .. } => {
-                        pending = pending.saturating_sub(1);
-                        listen_addrs.push(address);
-                    }
-                    SwarmEvent::ListenerError { error, .. } => {
-                        return Err(NodeError::Listen {
-                            addr: config.listen.first().cloned().unwrap_or(Multiaddr::empty()),
-                            reason: error.to_string(),
-                        });
-                    }
-                    _ => {}
-                }
-            }
-            Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .map_err(|_| NodeError::Listen {
-                addr: config.listen.first().cloned().unwrap_or(Multiaddr::empty()),
-                reason: "no listen address within 10 s".into(),
-            })??;
+        let listen_addrs = shoal_tracker::net::p2p::listen_all(
+            &mut swarm,
+            &config.listen,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(addr, reason)| NodeError::Listen { addr, reason })?;
         if let Some(t) = &config.tracker {
             for a in &t.addrs {
                 swarm.add_peer_address(t.peer_id, a.clone());

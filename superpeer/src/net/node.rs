@@ -226,47 +226,10 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
     let throttle = Throttle::new(settings.relay.relay_bytes_per_sec());
     let mut swarm = build_swarm(key, &settings.relay, throttle.clone())
         .context("cannot set up the libp2p transport")?;
-    let mut pending = HashMap::new();
-    for addr in &settings.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        pending.insert(id, addr.clone());
-    }
-    let mut listen_addrs = Vec::new();
-    let bind = async {
-        while !pending.is_empty() {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr {
-                    listener_id,
-                    address,
-                } => {
-                    pending.remove(&listener_id);
-                    listen_addrs.push(address);
-                }
-                SwarmEvent::ListenerClosed {
-                    listener_id,
-                    reason,
-                    ..
-                } => {
-                    if let Some(addr) = pending.remove(&listener_id) {
-                        let reason = reason.err().map_or("closed".into(), |e| e.to_string());
-                        anyhow::bail!("cannot listen on {addr}: {reason}");
-                    }
-                }
-                SwarmEvent::ListenerError { listener_id, error } => {
-                    if let Some(addr) = pending.remove(&listener_id) {
-                        anyhow::bail!("cannot listen on {addr}: {error}");
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(10), bind)
-        .await
-        .context("libp2p listeners did not bind within 10 s")??;
+    let listen_addrs =
+        shoal_tracker::net::p2p::listen_all(&mut swarm, &settings.listen, Duration::from_secs(10))
+            .await
+            .map_err(|(addr, reason)| anyhow::anyhow!("cannot listen on {addr}: {reason}"))?;
     let shared = Arc::new(Shared {
         peer_id,
         started: Instant::now(),

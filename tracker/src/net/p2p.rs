@@ -231,6 +231,69 @@ pub(crate) fn build_swarm(
 // ---------------------------------------------------------------------------------------------
 // Identity.
 
+/// Starts listening on every address of `addrs` and waits (at most `timeout`) until each
+/// listener has bound, returning the bound addresses (a wildcard listener may bind several).
+/// On failure: the address that could not be bound and why. Shared by every role's driver.
+pub async fn listen_all<B: libp2p::swarm::NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    addrs: &[Multiaddr],
+    timeout: Duration,
+) -> Result<Vec<Multiaddr>, (Multiaddr, String)> {
+    let mut pending = HashMap::new();
+    for addr in addrs {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| (addr.clone(), e.to_string()))?;
+        pending.insert(id, addr.clone());
+    }
+    let mut bound = Vec::new();
+    let bind = async {
+        while !pending.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    pending.remove(&listener_id);
+                    bound.push(address);
+                }
+                SwarmEvent::ListenerClosed {
+                    listener_id,
+                    reason,
+                    ..
+                } => {
+                    if let Some(addr) = pending.remove(&listener_id) {
+                        let reason = match reason {
+                            Ok(()) => "listener closed".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        return Err((addr, reason));
+                    }
+                }
+                SwarmEvent::ListenerError { listener_id, error } => {
+                    if let Some(addr) = pending.remove(&listener_id) {
+                        return Err((addr, error.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(timeout, bind).await {
+        Ok(result) => result?,
+        Err(_) => {
+            let addr = pending
+                .values()
+                .next()
+                .cloned()
+                .unwrap_or_else(Multiaddr::empty);
+            return Err((addr, format!("no address bound within {timeout:?}")));
+        }
+    }
+    Ok(bound)
+}
+
 /// Why the libp2p side could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {
@@ -507,67 +570,9 @@ pub async fn start(config: P2pConfig, catalog: Catalog) -> Result<P2pHandle, P2p
     )
     .map_err(P2pError::Transport)?;
 
-    let mut pending = HashMap::new();
-    for addr in &config.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| P2pError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-        pending.insert(id, addr.clone());
-    }
-    let mut listen_addrs = Vec::new();
-    let bind = async {
-        while !pending.is_empty() {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr {
-                    listener_id,
-                    address,
-                } => {
-                    pending.remove(&listener_id);
-                    listen_addrs.push(address);
-                }
-                SwarmEvent::ListenerClosed {
-                    listener_id,
-                    reason,
-                    ..
-                } => {
-                    if let Some(addr) = pending.remove(&listener_id) {
-                        let reason = match reason {
-                            Ok(()) => "listener closed".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        return Err(P2pError::Listen { addr, reason });
-                    }
-                }
-                SwarmEvent::ListenerError { listener_id, error } => {
-                    if let Some(addr) = pending.remove(&listener_id) {
-                        return Err(P2pError::Listen {
-                            addr,
-                            reason: error.to_string(),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    };
-    let bound = tokio::time::timeout(Duration::from_secs(10), bind).await;
-    match bound {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(P2pError::Listen {
-                addr: pending
-                    .values()
-                    .next()
-                    .cloned()
-                    .unwrap_or_else(Multiaddr::empty),
-                reason: "no address bound within 10 s".into(),
-            });
-        }
-    }
+    let listen_addrs = listen_all(&mut swarm, &config.listen, Duration::from_secs(10))
+        .await
+        .map_err(|(addr, reason)| P2pError::Listen { addr, reason })?;
     for addr in &listen_addrs {
         tracing::info!(%peer_id, %addr, "libp2p listening");
     }

@@ -44,6 +44,9 @@ pub struct Attacher {
     config: AttachConfig,
     candidates: Vec<Candidate>,
     current: Option<NodeId>,
+    /// A reservation requested and not yet answered: kept until it succeeds or fails, since
+    /// switching mid-request is what libp2p's relay client cannot take.
+    requested: Option<NodeId>,
     public: bool,
     decide_from: Time,
 }
@@ -63,6 +66,7 @@ impl Attacher {
                 })
                 .collect(),
             current: None,
+            requested: None,
             public: false,
             decide_from,
         }
@@ -75,10 +79,16 @@ impl Attacher {
         }
     }
 
+    /// A reservation with `node` was requested (the driver acted on [`Attacher::choice`]).
+    pub fn requested(&mut self, node: NodeId) {
+        self.requested = Some(node);
+    }
+
     /// The reservation with `node` was accepted: we are its leaf.
     pub fn attached(&mut self, node: NodeId) {
         if self.candidates.iter().any(|c| c.node == node) {
             self.current = Some(node);
+            self.requested = None;
         }
     }
 
@@ -90,6 +100,9 @@ impl Attacher {
         }
         if self.current == Some(node) {
             self.current = None;
+        }
+        if self.requested == Some(node) {
+            self.requested = None;
         }
     }
 
@@ -111,7 +124,7 @@ impl Attacher {
         if self.public || self.candidates.is_empty() {
             return None;
         }
-        if let Some(c) = self.current {
+        if let Some(c) = self.current.or(self.requested) {
             return Some(c);
         }
         let usable = self.candidates.iter().filter(|c| c.avoid_until <= now);
@@ -167,6 +180,13 @@ mod tests {
         at.rtt(b, Duration::from_millis(5));
         at.rtt(a, Duration::from_millis(40));
         assert_eq!(at.choice(ms(20)), Some(b), "a measurement decides at once");
+        at.requested(b);
+        at.rtt(a, Duration::from_millis(2));
+        assert_eq!(
+            at.choice(ms(25)),
+            Some(b),
+            "no switch while the request is pending"
+        );
         at.attached(b);
         at.rtt(a, Duration::from_millis(1));
         assert_eq!(at.choice(ms(30)), Some(b), "no flapping while b works");

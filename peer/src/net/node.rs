@@ -859,6 +859,7 @@ impl Driver {
         match self.swarm.listen_on(circuit.clone()) {
             Ok(id) => {
                 tracing::info!(%sp, "asking super-peer for a relay reservation");
+                self.attacher.requested(n);
                 self.attach_listener = Some((n, id));
             }
             Err(e) => {

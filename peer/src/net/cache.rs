@@ -4,12 +4,18 @@
 //! (recency is kept in file modification times), and a corrupt or truncated file is detected by
 //! its hash, dropped and never served. One process at a time: the directory is locked.
 //!
+//! The most recently used chunks are also kept in memory, already verified
+//! ([`DEFAULT_MEMORY_BYTES`], [`DiskCache::set_memory_limit`]): a peer serving a popular track,
+//! or a chunk it has just received, answers without a file read and a hash per request.
+//!
 //! Layout: `chunks/ab/<chunk id>`, `manifests/ab/<track id>`, `lock`.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
 
 use shoal_protocol::{ChunkId, Manifest, TrackId, verify};
 
@@ -73,6 +79,99 @@ pub fn default_max_bytes(dir: &Path) -> Result<u64, CacheError> {
     Ok(free / 10)
 }
 
+/// Default bytes of verified chunks kept in memory: 128 chunks of 64 KiB, several minutes of
+/// audio, a fifth of the client's memory target.
+pub const DEFAULT_MEMORY_BYTES: usize = 8 << 20;
+
+/// Verified chunk bytes in memory, least recently used dropped first, bounded in bytes.
+#[derive(Debug)]
+struct HotChunks {
+    lru: LruCache<ChunkId, HotChunk>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+#[derive(Debug)]
+struct HotChunk {
+    bytes: Vec<u8>,
+    /// When its file's modification time was last set.
+    stamped: Instant,
+    /// Read from memory since then, so the file's modification time is stale.
+    touched: bool,
+}
+
+/// How stale a hot chunk's file time may get before a read writes it back (bounds what a crash
+/// loses of recency, without a syscall per read).
+const RESTAMP_AFTER: Duration = Duration::from_secs(60);
+
+impl HotChunks {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// The bytes, and whether the file's modification time should be written now.
+    fn get(&mut self, id: &ChunkId) -> Option<(Vec<u8>, bool)> {
+        let hot = self.lru.get_mut(id)?;
+        let restamp = hot.stamped.elapsed() >= RESTAMP_AFTER;
+        if restamp {
+            hot.stamped = Instant::now();
+            hot.touched = false;
+        } else {
+            hot.touched = true;
+        }
+        Some((hot.bytes.clone(), restamp))
+    }
+
+    /// The chunks read since their files were last stamped.
+    fn touched(&self) -> impl Iterator<Item = &ChunkId> {
+        self.lru.iter().filter(|(_, h)| h.touched).map(|(id, _)| id)
+    }
+
+    /// Keeps `bytes`; returns the chunks dropped to make room whose files need their recency
+    /// written back.
+    fn put(&mut self, id: ChunkId, bytes: Vec<u8>) -> Vec<ChunkId> {
+        if bytes.len() > self.max_bytes {
+            return Vec::new();
+        }
+        self.remove(&id);
+        self.bytes += bytes.len();
+        self.lru.push(
+            id,
+            HotChunk {
+                bytes,
+                stamped: Instant::now(),
+                touched: false,
+            },
+        );
+        self.shrink()
+    }
+
+    /// Drops least recently used chunks until within the limit; returns the stale ones.
+    fn shrink(&mut self) -> Vec<ChunkId> {
+        let mut stale = Vec::new();
+        while self.bytes > self.max_bytes {
+            let Some((old, hot)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.bytes -= hot.bytes.len();
+            if hot.touched {
+                stale.push(old);
+            }
+        }
+        stale
+    }
+
+    fn remove(&mut self, id: &ChunkId) {
+        if let Some(hot) = self.lru.pop(id) {
+            self.bytes -= hot.bytes.len();
+        }
+    }
+}
+
 /// An open disk cache.
 #[derive(Debug)]
 pub struct DiskCache {
@@ -80,7 +179,15 @@ pub struct DiskCache {
     index: CacheIndex,
     max_bytes: u64,
     dropped_corrupt: u64,
+    hot: HotChunks,
     _lock: File,
+}
+
+/// Stamps a file as used now, so recency survives a restart.
+fn touch_file(path: &Path) {
+    if let Ok(f) = File::options().write(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
 }
 
 fn fanout(dir: &Path, hex: &str) -> PathBuf {
@@ -160,6 +267,7 @@ impl DiskCache {
             root,
             max_bytes,
             dropped_corrupt: 0,
+            hot: HotChunks::new(DEFAULT_MEMORY_BYTES),
             _lock: lock,
         };
         for (_, id, len) in found {
@@ -179,9 +287,30 @@ impl DiskCache {
         fanout(&self.root.join("manifests"), &id.to_string())
     }
 
-    fn delete(&self, chunks: &[ChunkId]) {
+    fn delete(&mut self, chunks: &[ChunkId]) {
         for c in chunks {
+            self.hot.remove(c);
             let _ = fs::remove_file(self.chunk_path(c));
+        }
+    }
+
+    /// Sets how many bytes of verified chunks are kept in memory (0: none).
+    pub fn set_memory_limit(&mut self, bytes: usize) {
+        self.hot.max_bytes = bytes;
+        let stale = self.hot.shrink();
+        self.touch_files(&stale);
+    }
+
+    fn keep_hot(&mut self, id: ChunkId, bytes: Vec<u8>) {
+        let stale = self.hot.put(id, bytes);
+        self.touch_files(&stale);
+    }
+
+    fn touch_files(&self, chunks: &[ChunkId]) {
+        for c in chunks {
+            if self.index.contains(c) {
+                touch_file(&self.chunk_path(c));
+            }
         }
     }
 
@@ -195,14 +324,19 @@ impl DiskCache {
         if !self.index.contains(id) {
             return None;
         }
+        if let Some((bytes, restamp)) = self.hot.get(id) {
+            self.index.touch(id);
+            if restamp {
+                touch_file(&self.chunk_path(id));
+            }
+            return Some(bytes);
+        }
         let path = self.chunk_path(id);
         match fs::read(&path) {
             Ok(bytes) if verify(&bytes, id).is_ok() => {
                 self.index.touch(id);
-                // Recency survives restarts through the modification time.
-                if let Ok(f) = File::options().write(true).open(&path) {
-                    let _ = f.set_modified(SystemTime::now());
-                }
+                touch_file(&path);
+                self.keep_hot(*id, bytes.clone());
                 Some(bytes)
             }
             result => {
@@ -230,7 +364,13 @@ impl DiskCache {
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         let evicted = self.index.insert(*id, len);
         if !evicted.contains(id) {
-            write_atomic(&self.chunk_path(id), bytes)?;
+            if let Err(e) = write_atomic(&self.chunk_path(id), bytes) {
+                self.index.remove(id);
+                self.delete(&evicted);
+                return Err(e);
+            }
+            // Just received: the chunk most likely to be asked for next by a neighbour.
+            self.keep_hot(*id, bytes.to_vec());
         }
         self.delete(&evicted);
         Ok(evicted)
@@ -278,6 +418,7 @@ impl DiskCache {
 
     /// Deletes a chunk (evicted by the core's policy, or found corrupt by a reader).
     pub fn remove_chunk(&mut self, id: &ChunkId) {
+        self.hot.remove(id);
         if self.index.remove(id) {
             let _ = fs::remove_file(self.chunk_path(id));
         }
@@ -348,6 +489,15 @@ impl DiskCache {
     }
 }
 
+impl Drop for DiskCache {
+    /// Writes back the recency of chunks read from memory, so a restart keeps them.
+    fn drop(&mut self) {
+        for c in self.hot.touched() {
+            touch_file(&self.chunk_path(c));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,6 +550,7 @@ mod tests {
     fn corrupt_and_truncated_files_are_dropped_never_served() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = DiskCache::open(dir.path(), Some(1 << 20)).unwrap();
+        c.set_memory_limit(0); // every read goes to the file
         let (a, ab) = chunk(1, 5000);
         let (b, bb) = chunk(2, 5000);
         c.put_chunk(&a, &ab).unwrap();
@@ -461,5 +612,35 @@ mod tests {
         c.clear().unwrap();
         assert_eq!(c.stats().chunks, 0);
         assert!(c.get_chunk(&a).is_none());
+    }
+
+    #[test]
+    fn memory_copies_are_verified_bytes_bounded_and_dropped_with_the_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = DiskCache::open(dir.path(), Some(1 << 20)).unwrap();
+        c.set_memory_limit(10_000);
+        let (a, ab) = chunk(4, 4000);
+        let (b, bb) = chunk(5, 4000);
+        let (d, db) = chunk(6, 4000);
+        c.put_chunk(&a, &ab).unwrap();
+        // A file damaged behind our back: the verified copy in memory is what is served.
+        let pa = c.chunk_path(&a);
+        fs::write(&pa, b"junk").unwrap();
+        assert_eq!(c.get_chunk(&a), Some(ab.clone()));
+        // Two more chunks push `a` out of the 10,000-byte budget; its file is read again,
+        // found corrupt and dropped.
+        c.put_chunk(&b, &bb).unwrap();
+        c.put_chunk(&d, &db).unwrap();
+        assert!(c.hot.bytes <= 10_000);
+        assert_eq!(c.get_chunk(&a), None);
+        assert_eq!(c.stats().dropped_corrupt, 1);
+        // Removing a chunk removes its memory copy too.
+        c.remove_chunk(&d);
+        assert_eq!(c.get_chunk(&d), None);
+        // A chunk larger than the budget is never kept in memory; reads still work.
+        c.set_memory_limit(1000);
+        assert_eq!(c.hot.bytes, 0);
+        assert_eq!(c.get_chunk(&b), Some(bb));
+        assert_eq!(c.hot.bytes, 0);
     }
 }

@@ -1032,26 +1032,29 @@ impl Driver {
                 store,
                 ..
             } => {
-                if store {
+                // The player first, the disk after: writing the file is not on the way to the
+                // first audio.
+                let stored = store.then(|| bytes.clone());
+                let _ = self.events.send(NodeEvent::Chunk {
+                    track,
+                    index,
+                    bytes,
+                });
+                if let Some(bytes) = stored {
                     if let Err(e) = self.cache.put_chunk(&chunk, &bytes) {
                         tracing::warn!("cannot cache chunk {chunk}: {e}");
                         self.command(SchedulerCommand::CacheRemoved(chunk));
                     }
                     self.check_complete(track);
                 }
-                let _ = self.events.send(NodeEvent::Chunk {
-                    track,
-                    index,
-                    bytes,
-                });
             }
             SchedulerEvent::ManifestReady { track, bytes } => {
-                if let Err(e) = self.cache.put_manifest(&track, &bytes) {
-                    tracing::warn!("cannot cache manifest of {track}: {e}");
-                }
                 if let Ok(manifest) = Manifest::decode(&bytes) {
                     self.learn_track(track, &manifest);
                     let _ = self.events.send(NodeEvent::Manifest { track, manifest });
+                }
+                if let Err(e) = self.cache.put_manifest(&track, &bytes) {
+                    tracing::warn!("cannot cache manifest of {track}: {e}");
                 }
             }
             SchedulerEvent::Evict(chunk) => {

@@ -70,7 +70,9 @@ where
     let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
     io.read_exact(&mut prefix).await?;
     let len = M::payload_len(prefix).map_err(invalid)?;
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    // Room for a whole chunk response up front (no regrowth and copy on the hot path), but
+    // never more than that on a peer's word alone.
+    let mut payload = Vec::with_capacity(len.min(shoal_protocol::chunk::MAX_CHUNK_BYTES + 1024));
     // `len` fits in u64 on every platform libp2p runs on.
     let want = u64::try_from(len).unwrap_or(u64::MAX);
     io.take(want).read_to_end(&mut payload).await?;

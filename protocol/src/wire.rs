@@ -6,7 +6,9 @@
 //! - [`ANNOUNCE_PROTOCOL`] `/shoal/announce/1`: [`Announce`] → [`AnnounceResponse`] (a peer
 //!   holds these tracks and is reachable so);
 //! - [`LOOKUP_PROTOCOL`] `/shoal/lookup/1`: [`LookupRequest`] → [`LookupResponse`] (catalog
-//!   search, who holds track X).
+//!   search, who holds track X);
+//! - [`CLUSTER_PROTOCOL`] `/shoal/cluster/1`: [`ClusterAnnounce`] → [`AnnounceResponse`] (a
+//!   super-peer tells the tracker, in batches, which of its leaves hold which tracks).
 //!
 //! A frame is a 4-byte big-endian payload length, then the payload: the message in bincode's
 //! standard configuration. Every message type has a hard size limit ([`WireMessage::MAX_BYTES`]),
@@ -27,11 +29,23 @@ pub const ANNOUNCE_PROTOCOL: &str = "/shoal/announce/1";
 /// Protocol id of catalog and holder lookups.
 pub const LOOKUP_PROTOCOL: &str = "/shoal/lookup/1";
 
+/// Protocol id of a super-peer's aggregated cluster announces to the tracker.
+pub const CLUSTER_PROTOCOL: &str = "/shoal/cluster/1";
+
 /// Bytes of the length prefix in front of every payload.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 
 /// The most tracks one [`Announce`] may add or remove (larger holdings go in several).
 pub const MAX_ANNOUNCE_TRACKS: usize = 8_192;
+
+/// The most tracks one [`ClusterAnnounce`] may set.
+pub const MAX_CLUSTER_TRACKS: usize = 4_096;
+
+/// The most leaves one [`ClusterAnnounce`] may describe.
+pub const MAX_CLUSTER_LEAVES: usize = 1_024;
+
+/// The most leaves one [`ClusterTrack`] may list (a tracker keeps a few per cluster, not all).
+pub const MAX_LEAVES_PER_CLUSTER_TRACK: usize = 16;
 
 /// Why a frame could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,7 +330,7 @@ pub struct Announce {
     pub region: Option<String>,
 }
 
-/// Answer to an [`Announce`].
+/// Answer to an [`Announce`] (and to a [`ClusterAnnounce`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnnounceResponse {
     /// Recorded; announce again within `ttl_secs` to stay listed.
@@ -329,6 +343,58 @@ pub enum AnnounceResponse {
         /// Why (rate limit, too many tracks...).
         reason: String,
     },
+    /// Only from a super-peer: recorded in its cluster index, and the super-peer announces the
+    /// cluster's holdings to the tracker itself ([`ClusterAnnounce`]), so the leaf need not
+    /// announce to the tracker while it stays attached. Announce again within `ttl_secs`.
+    Aggregated {
+        /// Seconds the entry lives without renewal.
+        ttl_secs: u32,
+    },
+}
+
+/// One leaf of a cluster, as a [`ClusterAnnounce`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLeaf {
+    /// The leaf's peer id, and direct addresses if it has any (it is reachable through the
+    /// announcing super-peer in any case).
+    pub peer: PeerContact,
+    /// Its region, if it said.
+    pub region: Option<String>,
+}
+
+/// Which leaves of the cluster hold one track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterTrack {
+    /// The track.
+    pub track: TrackId,
+    /// Positions in [`ClusterAnnounce::leaves`] of the leaves the tracker should hand out for
+    /// it (at most [`MAX_LEAVES_PER_CLUSTER_TRACK`]): a sample, not necessarily every holder.
+    /// Replaces what was listed for the track before; empty means the cluster no longer
+    /// holds it.
+    pub leaves: Vec<u32>,
+}
+
+/// `/shoal/cluster/1`: a super-peer (identified by its authenticated connection, never by a
+/// field here) tells the tracker which of its leaves hold which tracks. The tracker lists those
+/// leaves as holders reachable through the sender, so only a super-peer can speak for its own
+/// cluster. Changes are batched: each message sets the listed tracks (track by track) and
+/// renews the whole cluster's TTL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterAnnounce {
+    /// When true, everything the cluster announced before is dropped first (the first part of a
+    /// full snapshot; later parts come with `replace: false`). A tracker that does not know
+    /// the cluster rejects `replace: false`, so the super-peer sends a snapshot.
+    pub replace: bool,
+    /// Tracks whose cluster holders are set (at most [`MAX_CLUSTER_TRACKS`]).
+    pub tracks: Vec<ClusterTrack>,
+    /// The leaves `tracks` refer to, plus leaves whose contact or region changed (at most
+    /// [`MAX_CLUSTER_LEAVES`]).
+    pub leaves: Vec<ClusterLeaf>,
+    /// The super-peer's advertised addresses (what leaves' holders carry as `via`); empty:
+    /// the addresses the tracker observes.
+    pub addrs: Vec<String>,
+    /// The super-peer's region, if known.
+    pub region: Option<String>,
 }
 
 /// `/shoal/lookup/1` requests.
@@ -406,6 +472,14 @@ wire_message!(
     2 * MAX_ANNOUNCE_TRACKS * 33 + 16 * 1024
 );
 wire_message!(AnnounceResponse, ANNOUNCE_PROTOCOL, 1024);
+// Tracks with full leaf lists, leaves with a few short addresses each.
+wire_message!(
+    ClusterAnnounce,
+    CLUSTER_PROTOCOL,
+    MAX_CLUSTER_TRACKS * (33 + 5 * MAX_LEAVES_PER_CLUSTER_TRACK)
+        + MAX_CLUSTER_LEAVES * 1024
+        + 16 * 1024
+);
 wire_message!(LookupRequest, LOOKUP_PROTOCOL, 1024);
 wire_message!(LookupResponse, LOOKUP_PROTOCOL, 1024 * 1024);
 
@@ -489,7 +563,29 @@ mod tests {
         prop_oneof![
             any::<u32>().prop_map(|ttl_secs| AnnounceResponse::Accepted { ttl_secs }),
             ".{0,100}".prop_map(|reason| AnnounceResponse::Rejected { reason }),
+            any::<u32>().prop_map(|ttl_secs| AnnounceResponse::Aggregated { ttl_secs }),
         ]
+    }
+
+    fn arb_cluster_announce() -> impl Strategy<Value = ClusterAnnounce> {
+        let leaf = (arb_contact(), prop::option::of("[A-Z]{2}"))
+            .prop_map(|(peer, region)| ClusterLeaf { peer, region });
+        let track = (arb_track(), prop::collection::vec(any::<u32>(), 0..6))
+            .prop_map(|(track, leaves)| ClusterTrack { track, leaves });
+        (
+            any::<bool>(),
+            prop::collection::vec(track, 0..30),
+            prop::collection::vec(leaf, 0..10),
+            prop::collection::vec(".{0,40}", 0..4),
+            prop::option::of("[A-Z]{2}"),
+        )
+            .prop_map(|(replace, tracks, leaves, addrs, region)| ClusterAnnounce {
+                replace,
+                tracks,
+                leaves,
+                addrs,
+                region,
+            })
     }
 
     fn arb_lookup_request() -> impl Strategy<Value = LookupRequest> {
@@ -569,6 +665,8 @@ mod tests {
         #[test]
         fn announce_response(m in arb_announce_response(), i in any::<prop::sample::Index>(), b in 0u8..8) { check(&m, i, b)?; }
         #[test]
+        fn cluster_announce(m in arb_cluster_announce(), i in any::<prop::sample::Index>(), b in 0u8..8) { check(&m, i, b)?; }
+        #[test]
         fn lookup_request(m in arb_lookup_request(), i in any::<prop::sample::Index>(), b in 0u8..8) { check(&m, i, b)?; }
         #[test]
         fn lookup_response(m in arb_lookup_response(), i in any::<prop::sample::Index>(), b in 0u8..8) { check(&m, i, b)?; }
@@ -579,6 +677,8 @@ mod tests {
             let _ = ChunkResponse::decode_payload(&bytes);
             let _ = Announce::decode_payload(&bytes);
             let _ = AnnounceResponse::decode_payload(&bytes);
+            let _ = ClusterAnnounce::decode_payload(&bytes);
+            let _ = ClusterAnnounce::decode_frame(&bytes);
             let _ = LookupRequest::decode_payload(&bytes);
             let _ = LookupResponse::decode_payload(&bytes);
             let _ = LookupResponse::decode_frame(&bytes);
@@ -668,13 +768,64 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_cluster_announce_fits() {
+        let full = ClusterAnnounce {
+            replace: true,
+            tracks: vec![
+                ClusterTrack {
+                    track: TrackId::of(b"t"),
+                    leaves: vec![u32::MAX; MAX_LEAVES_PER_CLUSTER_TRACK],
+                };
+                MAX_CLUSTER_TRACKS
+            ],
+            leaves: vec![
+                ClusterLeaf {
+                    peer: PeerContact {
+                        peer_id: vec![0; 64],
+                        addrs: vec!["/ip4/255.255.255.255/udp/65535/quic-v1".into(); 4],
+                    },
+                    region: Some("x".repeat(64)),
+                };
+                MAX_CLUSTER_LEAVES
+            ],
+            addrs: vec!["/ip4/1.2.3.4/udp/7702/quic-v1".into(); 16],
+            region: Some("SE".into()),
+        };
+        let frame = full.encode_frame().unwrap();
+        assert_eq!(ClusterAnnounce::decode_frame(&frame).unwrap().0, full);
+    }
+
+    #[test]
+    fn existing_announce_answers_keep_their_encoding() {
+        // Variant indices 0 and 1 are what peers built before `Aggregated` send and expect.
+        let accepted = AnnounceResponse::Accepted { ttl_secs: 5 }
+            .encode_payload()
+            .unwrap();
+        assert_eq!(accepted, [0, 5]);
+        let rejected = AnnounceResponse::Rejected { reason: "x".into() }
+            .encode_payload()
+            .unwrap();
+        assert_eq!(rejected, [1, 1, b'x']);
+        let aggregated = AnnounceResponse::Aggregated { ttl_secs: 5 }
+            .encode_payload()
+            .unwrap();
+        assert_eq!(aggregated, [2, 5]);
+    }
+
+    #[test]
     fn protocol_ids_are_versioned() {
-        for p in [CHUNK_PROTOCOL, ANNOUNCE_PROTOCOL, LOOKUP_PROTOCOL] {
+        for p in [
+            CHUNK_PROTOCOL,
+            ANNOUNCE_PROTOCOL,
+            LOOKUP_PROTOCOL,
+            CLUSTER_PROTOCOL,
+        ] {
             assert!(p.starts_with("/shoal/") && p.ends_with("/1"), "{p}");
         }
         assert_eq!(ChunkRequest::PROTOCOL, CHUNK_PROTOCOL);
         assert_eq!(LookupResponse::PROTOCOL, LOOKUP_PROTOCOL);
     }
+
     #[test]
     fn chunk_bytes_keep_the_element_by_element_encoding() {
         // Byte strings are copied as one slice (`serde_bytes`) but must stay on the wire exactly

@@ -538,6 +538,9 @@ impl Cores for ShoalCores {
             SimMsg::Registry(RegistryMessage::Announce { announce, .. }) => {
                 announce.encode_payload().map_or(0, |b| b.len())
             }
+            SimMsg::Registry(RegistryMessage::ClusterAnnounce { announce, .. }) => {
+                announce.encode_payload().map_or(0, |b| b.len())
+            }
             SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => {
                 a.encode_payload().map_or(0, |b| b.len())
             }
@@ -945,7 +948,8 @@ impl Cores for ShoalCores {
             }
             SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => {
                 let ttl = match a {
-                    AnnounceResponse::Accepted { ttl_secs } => {
+                    AnnounceResponse::Accepted { ttl_secs }
+                    | AnnounceResponse::Aggregated { ttl_secs } => {
                         self.counters.accepted += 1;
                         Some(*ttl_secs)
                     }

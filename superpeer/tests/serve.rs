@@ -375,6 +375,32 @@ async fn relay_index_and_http() {
     assert!(page.contains("<th>Reservations</th><td>1</td>"), "{page}");
     assert!(page.contains("<th>Leaves</th><td>1</td>"), "{page}");
     assert!(page.contains("Uptime"), "{page}");
+
+    // (e) The other peer closes its relayed connection soon after opening it, as a leaf does
+    // once DCUtR gives it a direct one: the relay counts an early clean close.
+    assert_eq!(
+        metric(&m, "shoal_superpeer_circuits_closed_total"),
+        0,
+        "{m}"
+    );
+    assert!(other.disconnect_peer_id(leaf_id).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            ev = leaf.select_next_some() => echo(&mut leaf, ev),
+            _ = other.select_next_some() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let m = get(&format!("{}/metrics", sp.http)).await;
+                if metric(&m, "shoal_superpeer_circuits_closed_total") >= 1 {
+                    assert_eq!(metric(&m, "shoal_superpeer_circuits_closed_early_total"), 1, "{m}");
+                    assert_eq!(metric(&m, "shoal_superpeer_circuits_closed_late_total"), 0, "{m}");
+                    assert_eq!(metric(&m, "shoal_superpeer_circuits_open"), 0, "{m}");
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "circuit close not seen:\n{m}");
+            }
+        }
+    }
 }
 
 /// Waits for `other`'s next lookup answer, keeping `leaf` polled (it holds the relay end).
@@ -435,6 +461,115 @@ async fn sigterm_closes_connections_and_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the super-peer did not exit within 10 s of SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_limits_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("superpeer.toml");
+    std::fs::write(
+        &config,
+        "[relay]\nrelay_bandwidth_mbit = 10\n[index]\nmax_leaves = 100\n",
+    )
+    .unwrap();
+    let sp = start_server(&["--config", config.to_str().unwrap()]);
+    let metrics = format!("{}/metrics", sp.http);
+    let m = get(&metrics).await;
+    let cap = "shoal_superpeer_relay_bandwidth_limit_bytes_per_second";
+    assert_eq!(metric(&m, cap), 1_250_000, "{m}");
+    assert_eq!(metric(&m, "shoal_superpeer_index_max_leaves"), 100, "{m}");
+
+    let hup = |pid: u32| {
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // New limits, and a listen address (needs a restart: not applied, the node keeps running).
+    std::fs::write(
+        &config,
+        "listen = [\"/ip4/127.0.0.1/udp/1/quic-v1\"]\n[relay]\nrelay_bandwidth_mbit = 20\n[index]\nmax_leaves = 7\n",
+    )
+    .unwrap();
+    hup(sp.child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = get(&metrics).await;
+        if metric(&m, cap) == 2_500_000 && metric(&m, "shoal_superpeer_index_max_leaves") == 7 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not apply the new limits:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = get(&format!("{}/", sp.http)).await;
+    assert!(page.contains("<th>Leaf limit</th><td>7</td>"), "{page}");
+    assert!(
+        page.contains("<th>Relay bandwidth cap</th><td>20 Mbit/s</td>"),
+        "{page}"
+    );
+
+    // A broken file is refused and the running configuration kept.
+    std::fs::write(&config, "[relay]\nrelay_bandwidth_mbit = \"fast\"\n").unwrap();
+    hup(sp.child.id());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = get(&metrics).await;
+    assert_eq!(metric(&m, cap), 2_500_000, "{m}");
+    assert_eq!(get(&format!("{}/healthz", sp.http)).await.trim(), "ok");
+
+    // The limit is enforced: a leaf beyond max_leaves is refused by the index.
+    std::fs::write(&config, "[index]\nmax_leaves = 1\n").unwrap();
+    hup(sp.child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&get(&metrics).await, "shoal_superpeer_index_max_leaves") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "max_leaves = 1 not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut answers = Vec::new();
+    let mut leaves = Vec::new();
+    for _ in 0..2 {
+        let mut leaf = client();
+        leaf.dial(sp.p2p[0].clone()).unwrap();
+        leaf.behaviour_mut().shoal.announce.send_request(
+            &sp.peer,
+            Announce {
+                replace: true,
+                tracks: vec![TrackId::of(b"t")],
+                removed: vec![],
+                addrs: vec![],
+                via: None,
+                region: None,
+            },
+        );
+        answers.push(
+            until(&mut leaf, |_, ev| match ev {
+                SwarmEvent::Behaviour(ClientEvent::Shoal(ShoalEvent::Announce(
+                    request_response::Event::Message {
+                        message: request_response::Message::Response { response, .. },
+                        ..
+                    },
+                ))) => Some(response.clone()),
+                _ => None,
+            })
+            .await,
+        );
+        // Keep the first leaf connected (a disconnect drops its entry).
+        leaves.push(leaf);
+    }
+    assert!(
+        matches!(answers[0], AnnounceResponse::Accepted { .. }),
+        "{answers:?}"
+    );
+    assert!(
+        matches!(&answers[1], AnnounceResponse::Rejected { reason } if reason.contains("1 leaves")),
+        "{answers:?}"
+    );
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! - Before the TTL the tracker answered runs out, the full set is sent again (at
 //!   `refresh_fraction` of it), so a live peer never drops out of the registry.
 //! - At most one announce is in flight; the next waits for its answer.
+//! - While **delegated** (a leaf whose super-peer answered `Aggregated`: the super-peer announces
+//!   its cluster's holdings to the tracker), nothing is sent; holdings are still tracked, and
+//!   ending the delegation (detached, or the super-peer stopped aggregating) sends the full set
+//!   at once.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -65,6 +69,8 @@ pub struct Announcer {
     changes_due: Time,
     /// The full set is due again (refresh or retry).
     full_due: Time,
+    /// A super-peer announces for us.
+    delegated: bool,
 }
 
 impl Announcer {
@@ -79,7 +85,26 @@ impl Announcer {
             in_flight: false,
             changes_due: Time::NEVER,
             full_due: Time::ZERO,
+            delegated: false,
         }
+    }
+
+    /// Hands announcing over to a super-peer (`true`: it aggregates our holdings to the
+    /// tracker) or takes it back (`false`: the full set goes out as soon as nothing is in
+    /// flight, since the tracker may hold nothing of ours).
+    pub fn set_delegated(&mut self, now: Time, delegated: bool) {
+        if self.delegated == delegated {
+            return;
+        }
+        self.delegated = delegated;
+        if !delegated {
+            self.reset(now);
+        }
+    }
+
+    /// Whether a super-peer announces for us.
+    pub fn delegated(&self) -> bool {
+        self.delegated
     }
 
     /// Tracks held now.
@@ -130,7 +155,7 @@ impl Announcer {
 
     /// The announce to send now, if one is due. Call again after [`Announcer::answered`].
     pub fn poll(&mut self, now: Time) -> Option<AnnouncePlan> {
-        if self.in_flight {
+        if self.in_flight || self.delegated {
             return None;
         }
         if !self.synced || now >= self.full_due {
@@ -187,7 +212,7 @@ impl Announcer {
     /// When [`Announcer::poll`] next has something to send ([`Time::NEVER`] while an announce
     /// is in flight: its answer wakes the driver).
     pub fn next_wake(&self) -> Time {
-        if self.in_flight {
+        if self.in_flight || self.delegated {
             Time::NEVER
         } else if self.synced {
             self.full_due.min(self.changes_due)
@@ -249,6 +274,30 @@ mod tests {
             .expect("retry after a failure is a full set");
         assert!(p.replace);
         assert_eq!(p.tracks.len(), 2);
+    }
+
+    #[test]
+    fn delegated_sends_nothing_and_taking_it_back_sends_the_full_set() {
+        let mut a = Announcer::new(AnnounceConfig::default());
+        a.hold(t(0), track(1));
+        a.poll(t(0)).expect("start");
+        a.answered(t(0), Some(60));
+        a.set_delegated(t(10), true);
+        assert!(a.delegated());
+        a.hold(t(20), track(2));
+        assert_eq!(a.next_wake(), Time::NEVER);
+        assert_eq!(
+            a.poll(t(40_000)),
+            None,
+            "no change, no refresh while delegated"
+        );
+        a.release(t(41_000), track(1));
+        a.set_delegated(t(50_000), true);
+        assert_eq!(a.poll(t(50_000)), None);
+        a.set_delegated(t(60_000), false);
+        let p = a.poll(t(60_000)).expect("full set at once");
+        assert!(p.replace);
+        assert_eq!(p.tracks, vec![track(2)]);
     }
 
     #[test]

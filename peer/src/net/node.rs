@@ -750,7 +750,12 @@ impl Driver {
                 .count(),
             served_bytes: self.served_bytes,
             held_tracks: self.announcer.held().len(),
-            announced: self.tracker.is_some() && self.announcer.synced(),
+            announced: self.tracker.is_some()
+                && if self.announcer.delegated() {
+                    self.cluster_announcer.synced()
+                } else {
+                    self.announcer.synced()
+                },
             superpeer: self
                 .attacher
                 .current()
@@ -850,6 +855,7 @@ impl Driver {
         if let Some((_, id)) = self.attach_listener.take() {
             self.swarm.remove_listener(id);
             self.announcer.reset(now);
+            self.announcer.set_delegated(now, false);
         }
         let Some(n) = want else { return };
         let Some((sp, addr)) = self.superpeers.get(&n).cloned() else {
@@ -1217,6 +1223,7 @@ impl Driver {
                 tracing::info!(superpeer = %relay_peer_id, "attached: reachable through the super-peer's relay");
                 self.attacher.attached(node_of(&relay_peer_id));
                 self.announcer.reset(now);
+                self.announcer.set_delegated(now, false);
                 self.cluster_announcer.reset(now);
                 self.cluster_announce = None;
             }
@@ -1303,6 +1310,7 @@ impl Driver {
                     tracing::warn!("relay reservation ended: {reason:?}");
                     self.attacher.lost(now, n);
                     self.announcer.reset(now);
+                    self.announcer.set_delegated(now, false);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
@@ -1417,13 +1425,17 @@ impl Driver {
                 ..
             }) if self.cluster_announce == Some(request_id) => {
                 self.cluster_announce = None;
-                let ttl = match response {
-                    AnnounceResponse::Accepted { ttl_secs } => Some(ttl_secs),
+                // `Aggregated`: the super-peer announces for us, so the tracker need not hear
+                // from us while we stay attached.
+                let (ttl, delegated) = match response {
+                    AnnounceResponse::Accepted { ttl_secs } => (Some(ttl_secs), false),
+                    AnnounceResponse::Aggregated { ttl_secs } => (Some(ttl_secs), true),
                     AnnounceResponse::Rejected { reason } => {
                         tracing::warn!("the super-peer rejected our announce: {reason}");
-                        None
+                        (None, false)
                     }
                 };
+                self.announcer.set_delegated(now, delegated);
                 self.cluster_announcer.answered(now, ttl);
             }
             BehaviourEvent::Announce(request_response::Event::OutboundFailure {
@@ -1431,13 +1443,15 @@ impl Driver {
                 ..
             }) if self.cluster_announce == Some(request_id) => {
                 self.cluster_announce = None;
+                self.announcer.set_delegated(now, false);
                 self.cluster_announcer.answered(now, None);
             }
             BehaviourEvent::Announce(request_response::Event::Message {
                 message: request_response::Message::Response { response, .. },
                 ..
             }) => match response {
-                AnnounceResponse::Accepted { ttl_secs } => {
+                AnnounceResponse::Accepted { ttl_secs }
+                | AnnounceResponse::Aggregated { ttl_secs } => {
                     self.announcer.answered(now, Some(ttl_secs));
                 }
                 AnnounceResponse::Rejected { reason } => {

@@ -7,6 +7,13 @@
 //! tracks held anywhere in the cluster, with a bounded, coalescing change log so a driver can
 //! forward only what changed (track entered / left the cluster) to the tracker.
 //!
+//! For the tracker, the index also keeps a **dirty set** (while [`ClusterIndex::set_tracking`]
+//! is on): tracks whose holder set changed and leaves whose contact or region changed since
+//! [`super::TrackerSync`] last drained them. The sync turns them into batched
+//! [`ClusterAnnounce`](shoal_protocol::wire::ClusterAnnounce)s. The dirty set is bounded by
+//! [`MAX_DIRTY`]; past it the index drops it and flags an overflow, and the sync sends a full
+//! snapshot instead.
+//!
 //! Everything is bounded: leaves ([`IndexConfig::max_leaves`]), tracks per leaf
 //! ([`IndexConfig::max_tracks_per_leaf`]), addresses per leaf and their lengths, and the change
 //! log (at most one pending change per distinct track, so never larger than the aggregate plus
@@ -19,6 +26,9 @@ use shoal_protocol::TrackId;
 use shoal_protocol::ids::NodeId;
 use shoal_protocol::sansio::Time;
 use shoal_protocol::wire::{Announce, AnnounceResponse, MAX_ANNOUNCE_TRACKS, PeerContact};
+
+/// Most dirty tracks (or leaves) kept for the tracker sync before it must resend everything.
+pub const MAX_DIRTY: usize = 1_000_000;
 
 /// Thresholds of a [`ClusterIndex`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,6 +207,14 @@ pub struct ClusterIndex {
     changes: BTreeMap<TrackId, bool>,
     listings: usize,
     stats: IndexStats,
+    /// Whether the dirty sets below are kept (a tracker sync drains them).
+    tracking: bool,
+    /// Tracks whose holder set changed since the last drain.
+    dirty: BTreeSet<TrackId>,
+    /// Leaves whose contact or region changed since the last drain.
+    dirty_leaves: BTreeSet<NodeId>,
+    /// The dirty sets overflowed [`MAX_DIRTY`] and were dropped.
+    overflow: bool,
 }
 
 impl ClusterIndex {
@@ -210,7 +228,74 @@ impl ClusterIndex {
             changes: BTreeMap::new(),
             listings: 0,
             stats: IndexStats::default(),
+            tracking: false,
+            dirty: BTreeSet::new(),
+            dirty_leaves: BTreeSet::new(),
+            overflow: false,
         }
+    }
+
+    /// Starts (or stops) keeping the dirty sets a tracker sync drains. Turning it on flags an
+    /// overflow, so the sync starts from a full snapshot.
+    pub fn set_tracking(&mut self, on: bool) {
+        self.tracking = on;
+        self.dirty.clear();
+        self.dirty_leaves.clear();
+        self.overflow = on;
+    }
+
+    fn mark(&mut self, track: TrackId) {
+        if !self.tracking || self.overflow {
+            return;
+        }
+        self.dirty.insert(track);
+        if self.dirty.len() > MAX_DIRTY {
+            self.dirty.clear();
+            self.dirty_leaves.clear();
+            self.overflow = true;
+        }
+    }
+
+    fn mark_leaf(&mut self, leaf: NodeId) {
+        if !self.tracking || self.overflow {
+            return;
+        }
+        self.dirty_leaves.insert(leaf);
+        if self.dirty_leaves.len() > MAX_DIRTY {
+            self.dirty.clear();
+            self.dirty_leaves.clear();
+            self.overflow = true;
+        }
+    }
+
+    /// Drains the dirty sets: (tracks whose holders changed, leaves whose contact or region
+    /// changed, whether they overflowed since the last drain so only a full resend is exact).
+    pub fn take_dirty(&mut self) -> (Vec<TrackId>, Vec<NodeId>, bool) {
+        let tracks = std::mem::take(&mut self.dirty).into_iter().collect();
+        let leaves = std::mem::take(&mut self.dirty_leaves).into_iter().collect();
+        (tracks, leaves, std::mem::take(&mut self.overflow))
+    }
+
+    /// Whether anything is dirty.
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.dirty_leaves.is_empty() || self.overflow
+    }
+
+    /// Every indexed leaf holding `track` (expired ones too until purged), in node order.
+    pub fn holders_of(&self, track: &TrackId) -> impl Iterator<Item = NodeId> + '_ {
+        self.holders.get(track).into_iter().flatten().copied()
+    }
+
+    /// Whether `leaf` is indexed as a holder of `track`.
+    pub fn holds(&self, leaf: &NodeId, track: &TrackId) -> bool {
+        self.holders.get(track).is_some_and(|s| s.contains(leaf))
+    }
+
+    /// An indexed leaf's contact and region.
+    pub fn leaf(&self, leaf: &NodeId) -> Option<(&PeerContact, Option<&str>)> {
+        self.leaves
+            .get(leaf)
+            .map(|l| (&l.contact, l.region.as_deref()))
     }
 
     /// Changes the thresholds (config reload). Entries keep their current expiry; the new TTL
@@ -354,16 +439,21 @@ impl ClusterIndex {
             tracks: BTreeSet::new(),
         });
         self.expiry.remove(&(leaf.expires, from));
-        leaf.contact = PeerContact {
+        let contact = PeerContact {
             peer_id: contact.peer_id.clone(),
             addrs,
         };
+        let changed = leaf.contact != contact || leaf.region != msg.region;
+        leaf.contact = contact;
         leaf.region = msg.region.clone();
         leaf.announced = now;
         leaf.expires = expires;
         leaf.tracks = new;
         let listed = leaf.tracks.len();
         self.expiry.insert((expires, from));
+        if changed {
+            self.mark_leaf(from);
+        }
         Ok(Accepted {
             ttl_secs: u32::try_from(self.config.ttl.as_secs()).unwrap_or(u32::MAX),
             listed,
@@ -383,8 +473,10 @@ impl ClusterIndex {
     fn list(&mut self, leaf: NodeId, track: TrackId) {
         let set = self.holders.entry(track).or_default();
         let entered = set.is_empty();
-        if set.insert(leaf) {
+        let inserted = set.insert(leaf);
+        if inserted {
             self.listings += 1;
+            self.mark(track);
         }
         if entered {
             self.note_change(track, true);
@@ -396,10 +488,13 @@ impl ClusterIndex {
         let Some(set) = self.holders.get_mut(&track) else {
             return;
         };
-        if set.remove(&leaf) {
+        let removed = set.remove(&leaf);
+        let empty = set.is_empty();
+        if removed {
             self.listings -= 1;
+            self.mark(track);
         }
-        if set.is_empty() {
+        if empty {
             self.holders.remove(&track);
             self.note_change(track, false);
         }

@@ -38,12 +38,77 @@ pub fn render_metrics(s: &Shared) -> String {
     let c = &s.counters;
     let idx = lock(&s.index).stats();
     let adm = lock(&s.admission).stats();
+    let (sync, forwarding) = {
+        let sync = lock(&s.sync);
+        (sync.stats(), sync.forwarding())
+    };
+    let max_leaves = lock(&s.index).config().max_leaves;
     let (served, announced) = {
         let v = lock(&s.cache);
         (v.served_bytes, v.announced && v.held_tracks > 0)
     };
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let rows: [(&str, &str, &str, u64); 32] = [
+    let rows: [(&str, &str, &str, u64); 42] = [
+        (
+            "shoal_superpeer_circuits_closed_total",
+            "counter",
+            "Relayed circuits closed (any way).",
+            get(&c.circuits_closed),
+        ),
+        (
+            "shoal_superpeer_circuits_closed_early_total",
+            "counter",
+            "Circuits the leaves closed cleanly within 30 s of opening. Leaves close the relayed connection once DCUtR gives them a direct one, so this approximates direct-upgrade successes; the relay cannot observe DCUtR itself (it runs end to end inside the encrypted circuit).",
+            get(&c.circuits_closed_early),
+        ),
+        (
+            "shoal_superpeer_circuits_closed_late_total",
+            "counter",
+            "Circuits that stayed open 30 s or more before closing: the leaves kept relaying (no direct upgrade, or it failed).",
+            get(&c.circuits_closed_late),
+        ),
+        (
+            "shoal_superpeer_index_max_leaves",
+            "gauge",
+            "Leaves the cluster index accepts (index.max_leaves; reloadable).",
+            max_leaves as u64,
+        ),
+        (
+            "shoal_superpeer_tracker_sync_forwarding",
+            "gauge",
+            "1 while the tracker has this cluster's aggregated holdings (leaves are told not to announce to it themselves).",
+            u64::from(forwarding),
+        ),
+        (
+            "shoal_superpeer_tracker_sync_sent_total",
+            "counter",
+            "Aggregated cluster announces sent to the tracker.",
+            sync.sent,
+        ),
+        (
+            "shoal_superpeer_tracker_sync_accepted_total",
+            "counter",
+            "Aggregated cluster announces the tracker accepted.",
+            sync.accepted,
+        ),
+        (
+            "shoal_superpeer_tracker_sync_failed_total",
+            "counter",
+            "Aggregated cluster announces rejected or lost (a snapshot follows).",
+            sync.failed,
+        ),
+        (
+            "shoal_superpeer_tracker_sync_snapshots_total",
+            "counter",
+            "Full snapshots of the cluster sent to the tracker.",
+            sync.snapshots,
+        ),
+        (
+            "shoal_superpeer_tracker_sync_tracks",
+            "gauge",
+            "Tracks the tracker lists for this cluster.",
+            sync.tracks_listed as u64,
+        ),
         (
             "shoal_superpeer_leaves",
             "gauge",
@@ -315,6 +380,16 @@ pub fn render_status(s: &Shared) -> String {
         ),
         ("Relay bandwidth cap", cap),
         ("Announces accepted", idx.announces_accepted.to_string()),
+        ("Leaf limit", lock(&s.index).config().max_leaves.to_string()),
+        ("Cluster at the tracker", {
+            let sync = lock(&s.sync);
+            format!(
+                "{} ({} tracks listed, {} announces sent)",
+                if sync.forwarding() { "yes" } else { "no" },
+                sync.stats().tracks_listed,
+                sync.stats().sent
+            )
+        }),
         ("Lookups", get(&c.lookups).to_string()),
         (
             "Lookups forwarded to the tracker",

@@ -4,6 +4,12 @@
 //! tracker. Holder lookups also feed [`CacheAdmission`]: tracks several leaves ask for are
 //! fetched by the embedded cache peer ([`super::cache`]), which lookups then list first.
 //!
+//! The index's holdings go to the tracker as batched, aggregated
+//! [`ClusterAnnounce`](shoal_protocol::wire::ClusterAnnounce)s on
+//! `/shoal/cluster/1` ([`TrackerSync`] decides what and when); while the tracker has the
+//! cluster, leaves' announces are answered `Aggregated` and they stop announcing to the tracker
+//! themselves.
+//!
 //! Thin driver: the index decides (announce rules, expiry, which leaves to hand out); this
 //! module supplies identities (the PeerId each connection authenticated), observed addresses,
 //! `now` from a monotonic clock, and the purge timer.
@@ -34,13 +40,17 @@ use tokio::task::JoinHandle;
 use super::cache::{Cache, CacheView};
 use super::config::Settings;
 use super::throttle::Throttle;
-use crate::core::{CacheAdmission, ClusterIndex, Observed, RelayLimits};
+use crate::core::{CacheAdmission, ClusterIndex, Observed, RelayLimits, SyncConfig, TrackerSync};
 
 /// File name of the super-peer's key inside the data directory.
 pub const KEY_FILE: &str = "superpeer.key";
 
 /// Forwarded lookups waiting for the tracker at once; more are answered "busy".
 const MAX_FORWARDS: usize = 1024;
+
+/// A circuit closed cleanly sooner than this after opening counts as a likely direct upgrade
+/// ([`Counters::circuits_closed_early`]).
+pub const EARLY_CLOSE: Duration = Duration::from_secs(30);
 
 /// The node's behaviours.
 #[derive(NetworkBehaviour)]
@@ -101,6 +111,16 @@ pub struct Counters {
     pub circuits_denied: AtomicU64,
     /// Circuits closed with an error (limit reached, reset).
     pub circuits_failed: AtomicU64,
+    /// Circuits closed, any way.
+    pub circuits_closed: AtomicU64,
+    /// Circuits the leaves closed cleanly within [`EARLY_CLOSE`] of opening. Leaves close a
+    /// relayed connection as soon as DCUtR gives them a direct one, so this approximates
+    /// direct-upgrade successes: the relay cannot see DCUtR itself (it runs end to end inside
+    /// the encrypted circuit).
+    pub circuits_closed_early: AtomicU64,
+    /// Circuits that carried traffic longer than [`EARLY_CLOSE`]: the two leaves kept using
+    /// the relay (no direct connection, or a failed upgrade), counted when they close.
+    pub circuits_closed_late: AtomicU64,
     /// Lookups received.
     pub lookups: AtomicU64,
     /// Lookups forwarded to the tracker.
@@ -134,6 +154,8 @@ pub struct Shared {
     pub throttle: Throttle,
     /// The cluster index.
     pub index: Mutex<ClusterIndex>,
+    /// What the tracker knows of the cluster (aggregated announces).
+    pub sync: Mutex<TrackerSync>,
     /// Listen addresses (without `/p2p/`).
     pub listen_addrs: Mutex<Vec<Multiaddr>>,
     /// Advertised addresses (without `/p2p/`).
@@ -235,7 +257,12 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
         started: Instant::now(),
         counters: Counters::default(),
         throttle,
-        index: Mutex::new(ClusterIndex::new(settings.index.clone())),
+        index: Mutex::new({
+            let mut index = ClusterIndex::new(settings.index.clone());
+            index.set_tracking(settings.tracker.is_some());
+            index
+        }),
+        sync: Mutex::new(TrackerSync::new(SyncConfig::default())),
         listen_addrs: Mutex::new(listen_addrs.clone()),
         external_addrs: Mutex::new(Vec::new()),
         tracker: Mutex::new(None),
@@ -254,6 +281,8 @@ pub async fn start(settings: &Settings) -> anyhow::Result<Node> {
         reserved: HashSet::new(),
         forwards: HashMap::new(),
         tracker: None,
+        cluster_request: None,
+        circuits: HashMap::new(),
         tracker_tx,
         tracker_rx,
         settings: settings.clone(),
@@ -300,6 +329,11 @@ struct Driver {
     reserved: HashSet<PeerId>,
     forwards: HashMap<OutboundRequestId, Forward>,
     tracker: Option<TrackerEndpoint>,
+    /// The aggregated announce waiting for the tracker's answer.
+    cluster_request: Option<OutboundRequestId>,
+    /// When each open circuit (source, destination) opened, oldest first (bounded by the
+    /// relay's circuit limit).
+    circuits: HashMap<(PeerId, PeerId), std::collections::VecDeque<Instant>>,
     tracker_tx: mpsc::Sender<Result<TrackerEndpoint, String>>,
     tracker_rx: mpsc::Receiver<Result<TrackerEndpoint, String>>,
     settings: Settings,
@@ -331,17 +365,20 @@ impl Driver {
                 Some(found) = self.tracker_rx.recv() => self.on_tracker_found(found),
                 () = purge => self.purge(),
             }
+            self.sync_tracker();
         }
         tracing::info!("libp2p side stopped");
     }
 
-    /// Stops offering the relay, closes every connection (leaves see the close and attach
-    /// elsewhere) and keeps polling until they are closed, at most 3 s.
+    /// Stops offering the relay, tells the tracker the cluster is gone (an empty snapshot, at
+    /// most 1 s), closes every connection (leaves see the close and attach elsewhere) and keeps
+    /// polling until they are closed, at most 3 s.
     async fn shutdown(&mut self) {
         self.swarm
             .behaviour_mut()
             .relay
             .set_status(Some(relay::Status::Disable));
+        self.goodbye_to_tracker().await;
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         tracing::info!(peers = peers.len(), "closing connections");
         for p in peers {
@@ -360,6 +397,56 @@ impl Driver {
             }
         };
         let _ = tokio::time::timeout(Duration::from_millis(200), flush).await;
+    }
+
+    /// An empty `replace` cluster announce, so the tracker stops handing out leaves that are
+    /// about to lose their relay (they re-announce through their next super-peer).
+    async fn goodbye_to_tracker(&mut self) {
+        let Some(tracker) = self.tracker.clone() else {
+            return;
+        };
+        if !lock(&self.shared.sync).forwarding() {
+            return;
+        }
+        let msg = shoal_protocol::wire::ClusterAnnounce {
+            replace: true,
+            tracks: Vec::new(),
+            leaves: Vec::new(),
+            addrs: Vec::new(),
+            region: None,
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .shoal
+            .cluster
+            .send_request_with_addresses(&tracker.peer, msg, tracker.addrs.clone());
+        let wait = async {
+            loop {
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(SuperBehaviourEvent::Shoal(ShoalEvent::Cluster(
+                        request_response::Event::Message {
+                            message:
+                                request_response::Message::Response {
+                                    request_id,
+                                    response,
+                                },
+                            ..
+                        },
+                    ))) if request_id == id => return Some(response),
+                    SwarmEvent::Behaviour(SuperBehaviourEvent::Shoal(ShoalEvent::Cluster(
+                        request_response::Event::OutboundFailure { request_id, .. },
+                    ))) if request_id == id => return None,
+                    _ => {}
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), wait).await {
+            Ok(Some(AnnounceResponse::Accepted { .. })) => {
+                tracing::info!("the tracker dropped this cluster");
+            }
+            other => tracing::info!(?other, "the tracker did not confirm dropping this cluster"),
+        }
     }
 
     fn reload(&mut self, new: Settings) {
@@ -389,7 +476,11 @@ impl Driver {
         }
         if tracker_changed {
             self.tracker = None;
+            self.cluster_request = None;
             *lock(&self.shared.tracker) = None;
+            lock(&self.shared.index).set_tracking(self.settings.tracker.is_some());
+            let now = self.now();
+            lock(&self.shared.sync).reset(now);
             self.resolve_tracker();
         }
         tracing::info!("configuration reloaded");
@@ -452,6 +543,10 @@ impl Driver {
                 }
                 *lock(&self.shared.tracker) = Some(t.peer);
                 self.tracker = Some(t);
+                // A tracker we have not told anything yet: a snapshot first.
+                self.cluster_request = None;
+                let now = self.now();
+                lock(&self.shared.sync).reset(now);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot find the tracker's libp2p endpoint; retrying")
@@ -464,7 +559,10 @@ impl Driver {
     }
 
     fn purge_deadline(&self) -> Option<tokio::time::Instant> {
-        let at = lock(&self.shared.index).next_deadline();
+        let mut at = lock(&self.shared.index).next_deadline();
+        if self.tracker.is_some() {
+            at = at.min(lock(&self.shared.sync).next_wake());
+        }
         if at == Time::NEVER {
             return None;
         }
@@ -480,6 +578,60 @@ impl Driver {
         if removed > 0 {
             tracing::debug!(removed, "expired leaves purged");
         }
+    }
+
+    /// Sends the aggregated announce [`TrackerSync`] wants now, if any.
+    fn sync_tracker(&mut self) {
+        let Some(tracker) = self.tracker.clone() else {
+            return;
+        };
+        if self.cluster_request.is_some() {
+            return;
+        }
+        let now = self.now();
+        let addrs = self.own_contact().addrs;
+        let msg = {
+            let mut index = lock(&self.shared.index);
+            lock(&self.shared.sync).poll(now, &mut index, &addrs, None)
+        };
+        let Some(msg) = msg else { return };
+        if let Err(e) = msg.encode_payload() {
+            tracing::warn!(error = %e, "aggregated announce not sendable");
+            lock(&self.shared.sync).answered(now, None);
+            return;
+        }
+        tracing::debug!(
+            replace = msg.replace,
+            tracks = msg.tracks.len(),
+            leaves = msg.leaves.len(),
+            "aggregated announce to the tracker"
+        );
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .shoal
+            .cluster
+            .send_request_with_addresses(&tracker.peer, msg, tracker.addrs.clone());
+        self.cluster_request = Some(id);
+    }
+
+    fn on_cluster_answer(&mut self, answer: Result<AnnounceResponse, String>) {
+        self.cluster_request = None;
+        let now = self.now();
+        let ttl = match answer {
+            Ok(
+                AnnounceResponse::Accepted { ttl_secs } | AnnounceResponse::Aggregated { ttl_secs },
+            ) => Some(ttl_secs),
+            Ok(AnnounceResponse::Rejected { reason }) => {
+                tracing::info!(%reason, "the tracker rejected the aggregated announce; resending a snapshot");
+                None
+            }
+            Err(error) => {
+                tracing::info!(%error, "aggregated announce failed; resending a snapshot");
+                None
+            }
+        };
+        lock(&self.shared.sync).answered(now, ttl);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<SuperBehaviourEvent>) {
@@ -584,6 +736,10 @@ impl Driver {
             } => {
                 inc(&c.circuits_accepted);
                 inc(&c.circuits_open);
+                self.circuits
+                    .entry((src_peer_id, dst_peer_id))
+                    .or_default()
+                    .push_back(Instant::now());
                 tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
             }
             relay::Event::CircuitReqDenied {
@@ -600,9 +756,22 @@ impl Driver {
                 error,
             } => {
                 dec(&c.circuits_open);
+                inc(&c.circuits_closed);
+                let key = (src_peer_id, dst_peer_id);
+                let opened = self.circuits.get_mut(&key).and_then(|q| q.pop_front());
+                if self.circuits.get(&key).is_some_and(|q| q.is_empty()) {
+                    self.circuits.remove(&key);
+                }
+                let early = opened.is_some_and(|t| t.elapsed() < EARLY_CLOSE);
                 if let Some(error) = error {
                     inc(&c.circuits_failed);
                     tracing::info!(src = %src_peer_id, dst = %dst_peer_id, %error, "circuit closed");
+                } else if early {
+                    inc(&c.circuits_closed_early);
+                    tracing::debug!(src = %src_peer_id, dst = %dst_peer_id, "circuit closed early (likely upgraded to direct)");
+                }
+                if !early {
+                    inc(&c.circuits_closed_late);
                 }
             }
             _ => {}
@@ -649,6 +818,23 @@ impl Driver {
                     let reason = format!("tracker unreachable from the super-peer: {error}");
                     self.respond_lookup(f.channel, LookupResponse::Error { reason });
                 }
+            }
+            ShoalEvent::Cluster(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) if self.cluster_request == Some(request_id) => {
+                self.on_cluster_answer(Ok(response));
+            }
+            ShoalEvent::Cluster(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) if self.cluster_request == Some(request_id) => {
+                self.on_cluster_answer(Err(error.to_string()));
             }
             ShoalEvent::Announce(request_response::Event::InboundFailure {
                 peer, error, ..
@@ -711,10 +897,18 @@ impl Driver {
         let contact = self.contact_of(&peer, connection);
         let node = NodeId::from_key(&contact.peer_id);
         let now = self.now();
+        // While the tracker has the cluster, the leaf need not announce to it itself.
+        let aggregated = self.tracker.is_some() && lock(&self.shared.sync).forwarding();
         let response = match lock(&self.shared.index).announce(node, &contact, msg, now) {
             Ok(a) => {
-                tracing::debug!(%peer, listed = a.listed, added = a.added, removed = a.removed, "announce accepted");
-                a.to_response()
+                tracing::debug!(%peer, listed = a.listed, added = a.added, removed = a.removed, aggregated, "announce accepted");
+                if aggregated {
+                    AnnounceResponse::Aggregated {
+                        ttl_secs: a.ttl_secs,
+                    }
+                } else {
+                    a.to_response()
+                }
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "announce rejected");

@@ -55,6 +55,28 @@ pub struct RegistryConfig {
     /// Outputs the [`TrackerCore`](super::TrackerCore) queues before it drops new ones
     /// (default 4,096). Drivers drain after every input, so this only trips when one misbehaves.
     pub max_queued_outputs: usize,
+    /// Super-peer clusters registered at once through `/shoal/cluster/1` (default 10,000);
+    /// cluster announces from new super-peers beyond it are rejected until entries expire.
+    pub max_clusters: usize,
+    /// Tracks one cluster may be listed for (default 1,000,000).
+    pub max_tracks_per_cluster: usize,
+    /// Leaves kept per (cluster, track) (default 8, at most
+    /// [`MAX_LEAVES_PER_CLUSTER_TRACK`](shoal_protocol::wire::MAX_LEAVES_PER_CLUSTER_TRACK)):
+    /// the super-peer's sample; a lookup needs a few per cluster, and the super-peer's own
+    /// index knows the rest. An announce listing more is rejected.
+    pub max_leaves_per_cluster_track: usize,
+    /// Clusters listed per track (default 256); when full, further clusters are not listed
+    /// for that track (their leaves stay findable through their super-peers) and
+    /// `cluster_listings_dropped` counts it.
+    pub max_clusters_per_track: usize,
+    /// (cluster, track, leaf) listings in total (default 20,000,000).
+    pub max_cluster_listings: usize,
+    /// Sustained cluster announces one super-peer may make per minute (default 120). A cluster
+    /// batches its leaves' changes, so one super-peer replaces hundreds of peers' announces.
+    pub cluster_announces_per_minute: u32,
+    /// Cluster announces one super-peer may make back to back (default 120): the parts of a
+    /// full snapshot of a large cluster.
+    pub cluster_announce_burst: u32,
 }
 
 impl Default for RegistryConfig {
@@ -76,6 +98,13 @@ impl Default for RegistryConfig {
             purge_per_announce: 4,
             eviction_window: 8,
             max_queued_outputs: 4_096,
+            max_clusters: 10_000,
+            max_tracks_per_cluster: 1_000_000,
+            max_leaves_per_cluster_track: 8,
+            max_clusters_per_track: 256,
+            max_cluster_listings: 20_000_000,
+            cluster_announces_per_minute: 120,
+            cluster_announce_burst: 120,
         }
     }
 }
@@ -86,6 +115,14 @@ pub enum ConfigError {
     /// A field that must be positive is zero.
     #[error("registry setting `{0}` must be greater than zero")]
     Zero(&'static str),
+    /// A field is above what the wire protocol can carry.
+    #[error("registry setting `{key}` must be at most {max}")]
+    TooLarge {
+        /// The setting.
+        key: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// The TTL does not fit the `Accepted { ttl_secs: u32 }` answer or is under a second.
     #[error("registry ttl must be between 1 s and {max} s, got {got:?}", max = u32::MAX)]
     Ttl {
@@ -112,7 +149,29 @@ impl RegistryConfig {
             ("purge_batch", self.purge_batch),
             ("eviction_window", self.eviction_window),
             ("max_queued_outputs", self.max_queued_outputs),
+            ("max_clusters", self.max_clusters),
+            ("max_tracks_per_cluster", self.max_tracks_per_cluster),
+            (
+                "max_leaves_per_cluster_track",
+                self.max_leaves_per_cluster_track,
+            ),
+            ("max_clusters_per_track", self.max_clusters_per_track),
+            ("max_cluster_listings", self.max_cluster_listings),
+            (
+                "cluster_announces_per_minute",
+                self.cluster_announces_per_minute as usize,
+            ),
+            (
+                "cluster_announce_burst",
+                self.cluster_announce_burst as usize,
+            ),
         ];
+        if self.max_leaves_per_cluster_track > shoal_protocol::wire::MAX_LEAVES_PER_CLUSTER_TRACK {
+            return Err(ConfigError::TooLarge {
+                key: "max_leaves_per_cluster_track",
+                max: shoal_protocol::wire::MAX_LEAVES_PER_CLUSTER_TRACK,
+            });
+        }
         match positive.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(ConfigError::Zero(name)),
             None => Ok(()),
@@ -122,6 +181,11 @@ impl RegistryConfig {
     /// The interval between announces at the sustained rate.
     pub(crate) fn announce_interval(&self) -> Duration {
         Duration::from_secs(60) / self.announces_per_minute.max(1)
+    }
+
+    /// The interval between cluster announces at the sustained rate.
+    pub(crate) fn cluster_announce_interval(&self) -> Duration {
+        Duration::from_secs(60) / self.cluster_announces_per_minute.max(1)
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use shoal_protocol::ids::{NodeId, TrackId};
 use shoal_protocol::sansio::{Core, Input, Output, Time};
 use shoal_protocol::wire::{
-    Announce, AnnounceResponse, LookupRequest, LookupResponse, PeerContact,
+    Announce, AnnounceResponse, ClusterAnnounce, LookupRequest, LookupResponse, PeerContact,
 };
 
 use super::config::{ConfigError, RegistryConfig};
@@ -24,6 +24,14 @@ pub enum RegistryMessage {
         /// The announce as received.
         announce: Announce,
         /// The sender's contact as the driver knows it.
+        contact: PeerContact,
+    },
+    /// A super-peer's [`ClusterAnnounce`], with its contact as the driver attests it (the
+    /// cluster is the authenticated sender's; the message names none).
+    ClusterAnnounce {
+        /// The announce as received.
+        announce: ClusterAnnounce,
+        /// The super-peer's contact as the driver knows it.
         contact: PeerContact,
     },
     /// The answer to an announce.
@@ -129,6 +137,25 @@ impl Core for TrackerCore {
                 RegistryMessage::Announce { announce, contact } => {
                     let answer = match self.registry.announce(from, &contact, &announce, now) {
                         Ok(accepted) => accepted.to_response(),
+                        Err(error) => {
+                            let answer = error.to_response();
+                            self.push(Output::Event(TrackerEvent::Rejected { from, error }));
+                            answer
+                        }
+                    };
+                    self.push(Output::Send {
+                        to: from,
+                        msg: RegistryMessage::AnnounceResponse(answer),
+                    });
+                }
+                RegistryMessage::ClusterAnnounce { announce, contact } => {
+                    let answer = match self
+                        .registry
+                        .announce_cluster(from, &contact, &announce, now)
+                    {
+                        Ok(accepted) => AnnounceResponse::Accepted {
+                            ttl_secs: accepted.ttl_secs,
+                        },
                         Err(error) => {
                             let answer = error.to_response();
                             self.push(Output::Event(TrackerEvent::Rejected { from, error }));

@@ -7,12 +7,14 @@
 //! - [`TrackerCore`]: the same registry behind [`shoal_protocol::sansio::Core`];
 //! - [`RegistryConfig`]: every threshold, with documented defaults.
 
+mod cluster;
 mod config;
 mod machine;
 mod registry;
 #[cfg(test)]
 mod tests;
 
+pub use cluster::ClusterAccepted;
 pub use config::{ConfigError, RegistryConfig};
 pub use machine::{RegistryMessage, TrackerCommand, TrackerCore, TrackerEvent};
 pub use registry::{

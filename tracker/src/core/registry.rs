@@ -21,8 +21,11 @@ use std::time::Duration;
 
 use shoal_protocol::ids::{NodeId, TrackId};
 use shoal_protocol::sansio::Time;
-use shoal_protocol::wire::{Announce, AnnounceResponse, Holder, MAX_ANNOUNCE_TRACKS, PeerContact};
+use shoal_protocol::wire::{
+    Announce, AnnounceResponse, ClusterAnnounce, Holder, MAX_ANNOUNCE_TRACKS, PeerContact,
+};
 
+use super::cluster::{ClusterAccepted, ClusterTable};
 use super::config::{ConfigError, RegistryConfig};
 
 /// The cluster key of peers reachable through `via`: the super-peer's [`NodeId`], derived from
@@ -159,6 +162,16 @@ pub enum AnnounceError {
         /// The limit.
         max: usize,
     },
+    /// `max_clusters` super-peer clusters are registered; a new one must wait.
+    #[error("registry full: {max} clusters registered")]
+    ClustersFull {
+        /// The limit.
+        max: usize,
+    },
+    /// The message contradicts itself or the registry's state (a cluster announce referring
+    /// to a leaf it does not describe, or an incremental one from an unknown cluster).
+    #[error("invalid announce: {0}")]
+    Invalid(String),
 }
 
 impl AnnounceError {
@@ -189,6 +202,20 @@ pub struct RegistryStats {
     pub evicted: u64,
     /// Peers removed because their TTL passed.
     pub expired: u64,
+    /// Super-peer clusters registered (`/shoal/cluster/1`).
+    pub clusters: usize,
+    /// (cluster, track) pairs.
+    pub cluster_tracks: usize,
+    /// (cluster, track, leaf) listings.
+    pub cluster_listings: usize,
+    /// Cluster announces accepted.
+    pub cluster_accepted: u64,
+    /// Cluster announces rejected.
+    pub cluster_rejected: u64,
+    /// Cluster tracks not listed because the track had `max_clusters_per_track` clusters.
+    pub cluster_listings_dropped: u64,
+    /// Clusters removed because their TTL passed.
+    pub clusters_expired: u64,
 }
 
 /// Interns keys to `u32` ids (0 means "none") with reference counts, so a peer stores a
@@ -311,6 +338,16 @@ struct Locality {
     region: u32,
 }
 
+/// Where an asker sits, as cluster members are ranked: the super-peers whose leaves count as
+/// its own cluster (its `via`, itself if it heads a cluster, the cluster that lists it) and its
+/// region.
+#[derive(Debug, Clone, Copy)]
+struct Near<'a> {
+    asker: NodeId,
+    clusters: [Option<NodeId>; 3],
+    region: Option<&'a str>,
+}
+
 /// The registry. Plain methods for drivers and the simulator; [`TrackerCore`](super::TrackerCore)
 /// wraps it in the sans-IO [`Core`](shoal_protocol::sansio::Core) contract.
 #[derive(Debug)]
@@ -331,6 +368,8 @@ pub struct PeerRegistry {
     next_generation: u32,
     holdings: usize,
     stats: RegistryStats,
+    /// What super-peers announced for their clusters.
+    aggregates: ClusterTable,
 }
 
 impl PeerRegistry {
@@ -352,6 +391,7 @@ impl PeerRegistry {
             next_generation: 0,
             holdings: 0,
             stats: RegistryStats::default(),
+            aggregates: ClusterTable::default(),
         })
     }
 
@@ -362,12 +402,62 @@ impl PeerRegistry {
 
     /// Counters and sizes.
     pub fn stats(&self) -> RegistryStats {
+        let a = &self.aggregates;
         RegistryStats {
             peers: self.peer_index.len(),
             tracks: self.track_index.len(),
             holdings: self.holdings,
+            clusters: a.len(),
+            cluster_tracks: a.tracks(),
+            cluster_listings: a.listings,
+            cluster_accepted: a.accepted,
+            cluster_rejected: a.rejected,
+            cluster_listings_dropped: a.dropped,
+            clusters_expired: a.expired,
             ..self.stats
         }
+    }
+
+    /// Records a super-peer's aggregated announce ([`ClusterAnnounce`]) from `from`, whose
+    /// identity the driver authenticated, reachable at `contact` (its addresses are used when
+    /// the message lists none): `from`'s cluster, and only it, is updated. The listed leaves
+    /// are handed out by lookups as holders reachable through `from` until the cluster's TTL
+    /// passes. See [`super::cluster`](crate::core) for the semantics.
+    pub fn announce_cluster(
+        &mut self,
+        from: NodeId,
+        contact: &PeerContact,
+        msg: &ClusterAnnounce,
+        now: Time,
+    ) -> Result<ClusterAccepted, AnnounceError> {
+        self.purge_expired(now, self.config.purge_per_announce);
+        let result = self
+            .aggregates
+            .announce(from, contact, msg, now, &self.config);
+        if let Err(e) = &result {
+            if matches!(e, AnnounceError::RateLimited { .. }) {
+                self.stats.rate_limited += 1;
+            }
+            tracing::debug!(cluster = %from, error = %e, "cluster announce rejected");
+        }
+        result
+    }
+
+    /// The tracks `cluster` lists and, for each, the leaves (sorted), when it is live.
+    pub fn cluster_tracks(&self, cluster: &NodeId, now: Time) -> Vec<(TrackId, Vec<NodeId>)> {
+        let Some(c) = self.aggregates.live(cluster, now, &self.config) else {
+            return Vec::new();
+        };
+        let mut v: Vec<(TrackId, Vec<NodeId>)> = c
+            .entries()
+            .map(|(t, leaves)| {
+                let mut leaves = leaves.to_vec();
+                leaves.sort_unstable();
+                (*t, leaves)
+            })
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Records an announce from `from`, whose identity the driver authenticated, reachable at
@@ -751,15 +841,17 @@ impl PeerRegistry {
         self.free_peers.push(s);
     }
 
-    /// Drops `node` and its listings now (an operator ban, a peer leaving cleanly). True when
-    /// it was registered. Its rate-limit state goes too.
+    /// Drops `node` and its listings now (an operator ban, a peer leaving cleanly), and the
+    /// cluster it heads if it is a super-peer. True when it was registered. Its rate-limit
+    /// state goes too.
     pub fn forget(&mut self, node: &NodeId) -> bool {
+        let cluster = self.aggregates.remove(node);
         match self.peer_index.get(node).copied() {
             Some(s) => {
                 self.remove_slot(s);
                 true
             }
-            None => false,
+            None => cluster,
         }
     }
 
@@ -767,8 +859,9 @@ impl PeerRegistry {
     /// the work is bounded); returns how many were removed. Expired entries are never returned
     /// by lookups whether purged or not; purging frees their memory.
     pub fn purge_expired(&mut self, now: Time, budget: usize) -> usize {
-        let mut removed = 0;
-        for _ in 0..budget {
+        let clusters = self.aggregates.purge_expired(now, budget);
+        let mut removed = clusters;
+        for _ in clusters..budget {
             let Some(&Reverse((at, s, generation))) = self.expiry.peek() else {
                 break;
             };
@@ -800,6 +893,7 @@ impl PeerRegistry {
         self.expiry
             .peek()
             .map_or(Time::NEVER, |Reverse((at, _, _))| *at)
+            .min(self.aggregates.next_deadline())
     }
 
     fn peer(&self, s: u32) -> Option<&Peer> {
@@ -860,10 +954,26 @@ impl PeerRegistry {
         now: Time,
     ) -> Vec<HolderRef<'_>> {
         let slot = self.live_slot(&asker, now);
-        let (cluster, region) = slot.map_or((0, 0), |s| {
-            let h = self.hot[s as usize];
-            (h.cluster, h.region)
-        });
+        let membership = self.aggregates.membership(&asker, now, &self.config);
+        let (cluster, region) = match (slot, membership) {
+            (Some(s), _) => {
+                let h = self.hot[s as usize];
+                (h.cluster, h.region)
+            }
+            // Known only as a leaf some super-peer listed: its cluster and region from there.
+            (None, Some((c, m))) => (
+                self.clusters.find(&c),
+                m.region.as_deref().map_or(0, |r| self.regions.find(r)),
+            ),
+            // A super-peer asking (for its leaves): its own region.
+            (None, None) => (
+                0,
+                self.aggregates
+                    .live(&asker, now, &self.config)
+                    .and_then(|c| c.region.as_deref())
+                    .map_or(0, |r| self.regions.find(r)),
+            ),
+        };
         let loc = Locality {
             slot: self.peer_index.get(&asker).copied(),
             clusters: [cluster, self.clusters.find(&asker)],
@@ -873,7 +983,16 @@ impl PeerRegistry {
                 .and_then(|head| self.peer_index.get(head).copied()),
             region,
         };
-        self.rank(loc, track, limit, now)
+        let near = Near {
+            asker,
+            clusters: [
+                self.clusters.get(cluster).copied(),
+                Some(asker),
+                membership.map(|(c, _)| c),
+            ],
+            region: self.regions.get(region).map(|r| &**r),
+        };
+        self.rank(loc, &near, track, limit, now)
     }
 
     /// Like [`holders`](Self::holders), with the asker's position given by the driver.
@@ -891,11 +1010,84 @@ impl PeerRegistry {
             head: asker.cluster.and_then(|c| self.peer_index.get(&c).copied()),
             region: asker.region.as_deref().map_or(0, |r| self.regions.find(r)),
         };
-        self.rank(loc, track, limit, now)
+        let near = Near {
+            asker: asker.node,
+            clusters: [asker.cluster, Some(asker.node), None],
+            region: asker.region.as_deref(),
+        };
+        self.rank(loc, &near, track, limit, now)
     }
 
-    fn rank(&self, loc: Locality, track: &TrackId, limit: usize, now: Time) -> Vec<HolderRef<'_>> {
+    /// Peers that announced themselves and leaves super-peers listed, nearest first, deduplicated
+    /// by node (a leaf listed by its cluster and still announcing itself appears once, at its
+    /// better rank).
+    fn rank(
+        &self,
+        loc: Locality,
+        near: &Near<'_>,
+        track: &TrackId,
+        limit: usize,
+        now: Time,
+    ) -> Vec<HolderRef<'_>> {
         let limit = limit.min(self.config.max_lookup_limit);
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut members: Vec<HolderRef<'_>> = Vec::new();
+        for cnode in self.aggregates.listing(track) {
+            let Some(c) = self.aggregates.live(cnode, now, &self.config) else {
+                continue;
+            };
+            let same_cluster = near.clusters.contains(&Some(*cnode));
+            for leaf in c.listed(track) {
+                if *leaf == near.asker {
+                    continue;
+                }
+                let Some(m) = c.members.get(leaf) else {
+                    continue;
+                };
+                let region = m.region.as_deref();
+                let proximity = if same_cluster {
+                    Proximity::SameCluster
+                } else if near.region.is_some() && region.or(c.region.as_deref()) == near.region {
+                    Proximity::SameRegion
+                } else {
+                    Proximity::Elsewhere
+                };
+                members.push(HolderRef {
+                    node: *leaf,
+                    proximity,
+                    announced: c.announced,
+                    contact: &m.contact,
+                    via: Some(&c.contact),
+                    region,
+                });
+            }
+        }
+        if members.is_empty() {
+            return self.rank_peers(loc, track, limit, now);
+        }
+        let mut all = self.rank_peers(loc, track, limit + members.len(), now);
+        all.extend(members);
+        all.sort_by(|a, b| {
+            a.proximity
+                .cmp(&b.proximity)
+                .then(b.announced.cmp(&a.announced))
+                .then(a.node.cmp(&b.node))
+        });
+        let mut seen = std::collections::HashSet::with_capacity(all.len());
+        all.retain(|h| seen.insert(h.node));
+        all.truncate(limit);
+        all
+    }
+
+    fn rank_peers(
+        &self,
+        loc: Locality,
+        track: &TrackId,
+        limit: usize,
+        now: Time,
+    ) -> Vec<HolderRef<'_>> {
         let Some(t) = self
             .track_index
             .get(track)
@@ -947,6 +1139,12 @@ impl PeerRegistry {
                 })
             })
             .collect()
+    }
+
+    /// Panics unless the cluster indexes agree (tests only).
+    #[cfg(test)]
+    pub(crate) fn aggregates_check(&self) {
+        self.aggregates.check_invariants();
     }
 
     /// Panics unless every index agrees with every other (tests only).

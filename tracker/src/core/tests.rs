@@ -7,7 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use shoal_protocol::ids::{NodeId, TrackId};
 use shoal_protocol::sansio::Time;
-use shoal_protocol::wire::{Announce, PeerContact};
+use shoal_protocol::wire::{Announce, ClusterAnnounce, ClusterLeaf, ClusterTrack, PeerContact};
 
 use super::*;
 
@@ -804,6 +804,394 @@ proptest! {
                 }
             }
             r.check_invariants();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Aggregated cluster announces (`/shoal/cluster/1`).
+
+/// Leaf `i` as a cluster describes it.
+fn leaf(i: u64, region: Option<&str>) -> ClusterLeaf {
+    ClusterLeaf {
+        peer: PeerContact {
+            peer_id: format!("leaf-{i}").into_bytes(),
+            addrs: vec![],
+        },
+        region: region.map(str::to_owned),
+    }
+}
+
+fn leaf_node(i: u64) -> NodeId {
+    NodeId::from_key(format!("leaf-{i}").as_bytes())
+}
+
+/// A cluster announce: `tracks` as (track, positions in `leaves`).
+fn cluster(replace: bool, leaves: Vec<ClusterLeaf>, tracks: &[(u64, &[u32])]) -> ClusterAnnounce {
+    ClusterAnnounce {
+        replace,
+        tracks: tracks
+            .iter()
+            .map(|(t, ls)| ClusterTrack {
+                track: track(*t),
+                leaves: ls.to_vec(),
+            })
+            .collect(),
+        leaves,
+        addrs: vec![],
+        region: None,
+    }
+}
+
+fn sp_node(i: u64) -> NodeId {
+    cluster_of(&superpeer(i))
+}
+
+fn announce_cluster(
+    r: &mut PeerRegistry,
+    sp: u64,
+    msg: &ClusterAnnounce,
+    now: Time,
+) -> Result<ClusterAccepted, AnnounceError> {
+    let res = r.announce_cluster(sp_node(sp), &superpeer(sp), msg, now);
+    r.aggregates_check();
+    res
+}
+
+#[test]
+fn cluster_members_are_holders_reachable_through_their_super_peer_ranked_nearest_first() {
+    let mut r = registry(relaxed());
+    // Super-peer 9's cluster: leaf 1 (SE) and leaf 2 (US) hold track 7; leaf 3 holds track 8.
+    let msg = cluster(
+        true,
+        vec![leaf(1, Some("SE")), leaf(2, Some("US")), leaf(3, None)],
+        &[(7, &[0, 1]), (8, &[2])],
+    );
+    let a = announce_cluster(&mut r, 9, &msg, secs(5)).unwrap();
+    assert_eq!((a.tracks, a.listings), (2, 3));
+    // Peers announcing themselves: 4 in SE (fresher), 5 elsewhere (freshest).
+    ann(&mut r, 4, &located(&[7], None, Some("SE")), secs(6));
+    ann(&mut r, 5, &located(&[7], None, Some("DE")), secs(7));
+
+    // A stranger sees everyone, freshest first; members carry their super-peer as `via`.
+    let got = r.holders(node(100), &track(7), 10, secs(8));
+    assert_eq!(nodes(&got), [node(5), node(4), leaf_node(1), leaf_node(2)]);
+    let h = got[2].to_holder();
+    assert_eq!(h.peer.peer_id, b"leaf-1".to_vec());
+    assert_eq!(h.via, Some(superpeer(9)));
+    assert_eq!(h.region.as_deref(), Some("SE"));
+
+    // A peer in SE: same-region holders first (4, then leaf 1), then the rest.
+    ann(&mut r, 6, &located(&[], None, Some("SE")), secs(8));
+    let got = r.holders(node(6), &track(7), 10, secs(9));
+    assert_eq!(nodes(&got), [node(4), leaf_node(1), node(5), leaf_node(2)]);
+    assert_eq!(got[1].proximity, Proximity::SameRegion);
+
+    // Leaf 3 (listed by 9, never announced itself) asking: its cluster first, never itself.
+    let got = r.holders(leaf_node(3), &track(7), 10, secs(9));
+    assert_eq!(nodes(&got), [leaf_node(1), leaf_node(2), node(5), node(4)]);
+    assert_eq!(got[0].proximity, Proximity::SameCluster);
+    assert!(r.holders(leaf_node(3), &track(8), 10, secs(9)).is_empty());
+
+    // The super-peer asking on behalf of a leaf: its own members are its cluster.
+    let got = r.holders(sp_node(9), &track(7), 2, secs(9));
+    assert_eq!(nodes(&got), [leaf_node(1), leaf_node(2)]);
+    // A peer that says it is behind super-peer 9 ranks 9's members as its cluster too.
+    ann(&mut r, 10, &located(&[], Some(9), None), secs(9));
+    let got = r.holders(node(10), &track(7), 1, secs(9));
+    assert_eq!(nodes(&got), [leaf_node(1)]);
+    assert_eq!(
+        r.cluster_tracks(&sp_node(9), secs(9)),
+        vec![
+            (track(7), {
+                let mut v = vec![leaf_node(1), leaf_node(2)];
+                v.sort();
+                v
+            }),
+            (track(8), vec![leaf_node(3)])
+        ]
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn only_the_super_peer_itself_changes_its_cluster() {
+    let mut r = registry(relaxed());
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(true, vec![leaf(1, None)], &[(7, &[0])]),
+        secs(1),
+    )
+    .unwrap();
+    // Super-peer 8 announcing "leaf 1 no longer holds 7" changes its own cluster only: the
+    // message names no cluster, the sender's authenticated identity is the cluster.
+    announce_cluster(
+        &mut r,
+        8,
+        &cluster(true, vec![leaf(2, None)], &[(7, &[0])]),
+        secs(2),
+    )
+    .unwrap();
+    announce_cluster(&mut r, 8, &cluster(false, vec![], &[(7, &[])]), secs(3)).unwrap();
+    let got = r.holders(node(100), &track(7), 10, secs(4));
+    assert_eq!(nodes(&got), [leaf_node(1)]);
+    assert_eq!(got[0].via, Some(&superpeer(9)));
+    // A leaf announcing itself never touches a cluster's listing of it, and appears once.
+    r.announce(leaf_node(1), &contact(1), &replace(&[7]), secs(5))
+        .unwrap();
+    let got = r.holders(node(100), &track(7), 10, secs(6));
+    assert_eq!(nodes(&got), [leaf_node(1)]);
+    assert_eq!(got[0].via, None, "its own (fresher) entry");
+    r.announce(leaf_node(1), &contact(1), &replace(&[]), secs(7))
+        .unwrap();
+    assert_eq!(
+        nodes(&r.holders(node(100), &track(7), 10, secs(8))),
+        [leaf_node(1)]
+    );
+    // A super-peer cannot list itself as a leaf.
+    let mut own = cluster(false, vec![leaf(1, None)], &[(9, &[0])]);
+    own.leaves[0].peer.peer_id = superpeer(9).peer_id;
+    assert!(matches!(
+        announce_cluster(&mut r, 9, &own, secs(9)),
+        Err(AnnounceError::Invalid(_))
+    ));
+}
+
+#[test]
+fn cluster_announces_are_checked_and_rejections_change_nothing() {
+    let config = RegistryConfig {
+        max_leaves_per_cluster_track: 2,
+        max_tracks_per_cluster: 2,
+        max_clusters: 1,
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    // Incremental from a cluster the tracker does not know: a snapshot is needed first.
+    let e = announce_cluster(
+        &mut r,
+        9,
+        &cluster(false, vec![leaf(1, None)], &[(7, &[0])]),
+        secs(1),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown cluster"), "{e}");
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(true, vec![leaf(1, None)], &[(7, &[0])]),
+        secs(1),
+    )
+    .unwrap();
+    let before = r.stats();
+    for bad in [
+        // A leaf position past the table.
+        cluster(false, vec![leaf(1, None)], &[(8, &[1])]),
+        // Too many leaves for one track.
+        cluster(
+            false,
+            vec![leaf(1, None), leaf(2, None), leaf(3, None)],
+            &[(8, &[0, 1, 2])],
+        ),
+        // Too many tracks for the cluster.
+        cluster(false, vec![leaf(1, None)], &[(8, &[0]), (9, &[0])]),
+        // An over-long region.
+        cluster(false, vec![leaf(1, Some(&"x".repeat(100)))], &[(8, &[0])]),
+    ] {
+        assert!(
+            announce_cluster(&mut r, 9, &bad, secs(2)).is_err(),
+            "{bad:?}"
+        );
+    }
+    let after = r.stats();
+    assert_eq!(after.cluster_listings, before.cluster_listings);
+    assert_eq!(after.cluster_rejected, before.cluster_rejected + 4);
+    assert_eq!(nodes(&r.holders(node(100), &track(8), 10, secs(3))), []);
+    // One cluster at most.
+    assert!(matches!(
+        announce_cluster(&mut r, 8, &cluster(true, vec![], &[]), secs(3)),
+        Err(AnnounceError::ClustersFull { max: 1 })
+    ));
+}
+
+#[test]
+fn cluster_announces_are_rate_limited_per_super_peer() {
+    let config = RegistryConfig {
+        cluster_announces_per_minute: 60,
+        cluster_announce_burst: 3,
+        ..RegistryConfig::default()
+    };
+    let mut r = registry(config);
+    let empty = cluster(true, vec![], &[]);
+    for _ in 0..3 {
+        announce_cluster(&mut r, 9, &empty, secs(1)).unwrap();
+    }
+    assert!(matches!(
+        announce_cluster(&mut r, 9, &empty, secs(1)),
+        Err(AnnounceError::RateLimited { .. })
+    ));
+    announce_cluster(&mut r, 8, &empty, secs(1)).unwrap();
+    announce_cluster(&mut r, 9, &empty, secs(3)).unwrap();
+}
+
+#[test]
+fn clusters_expire_unless_renewed_and_replace_starts_over() {
+    let config = RegistryConfig {
+        ttl: Duration::from_secs(100),
+        ..relaxed()
+    };
+    let mut r = registry(config);
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(
+            true,
+            vec![leaf(1, None), leaf(2, None)],
+            &[(7, &[0]), (8, &[1])],
+        ),
+        secs(0),
+    )
+    .unwrap();
+    assert_eq!(r.next_deadline(), secs(100));
+    // An empty incremental message renews the whole cluster.
+    announce_cluster(&mut r, 9, &cluster(false, vec![], &[]), secs(90)).unwrap();
+    assert_eq!(
+        nodes(&r.holders(node(100), &track(7), 10, secs(150))),
+        [leaf_node(1)]
+    );
+    // Per-track replace: track 7 now held by leaf 2 only; track 8 cleared.
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(false, vec![leaf(2, None)], &[(7, &[0]), (8, &[])]),
+        secs(150),
+    )
+    .unwrap();
+    assert_eq!(
+        nodes(&r.holders(node(100), &track(7), 10, secs(151))),
+        [leaf_node(2)]
+    );
+    assert!(r.holders(node(100), &track(8), 10, secs(151)).is_empty());
+    assert_eq!(r.stats().cluster_listings, 1);
+    // A snapshot (replace) drops what it does not list.
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(true, vec![leaf(3, None)], &[(9, &[0])]),
+        secs(160),
+    )
+    .unwrap();
+    assert!(r.holders(node(100), &track(7), 10, secs(161)).is_empty());
+    assert_eq!(
+        nodes(&r.holders(node(100), &track(9), 10, secs(161))),
+        [leaf_node(3)]
+    );
+    // Not renewed: gone at the TTL, before and after the purge.
+    assert!(r.holders(node(100), &track(9), 10, secs(260)).is_empty());
+    assert_eq!(r.purge_expired(secs(260), 10), 1);
+    r.aggregates_check();
+    let s = r.stats();
+    assert_eq!(
+        (s.clusters, s.cluster_listings, s.clusters_expired),
+        (0, 0, 1)
+    );
+    // Forgetting a super-peer drops its cluster.
+    announce_cluster(
+        &mut r,
+        9,
+        &cluster(true, vec![leaf(3, None)], &[(9, &[0])]),
+        secs(300),
+    )
+    .unwrap();
+    assert!(r.forget(&sp_node(9)));
+    assert!(r.holders(node(100), &track(9), 10, secs(301)).is_empty());
+}
+
+#[test]
+fn cluster_announce_through_the_core_contract() {
+    use shoal_protocol::sansio::Core as _;
+    let mut core = TrackerCore::new(relaxed()).unwrap();
+    let sp = sp_node(9);
+    core.handle_input(
+        secs(1),
+        shoal_protocol::sansio::Input::Message {
+            from: sp,
+            msg: RegistryMessage::ClusterAnnounce {
+                announce: cluster(true, vec![leaf(1, None)], &[(7, &[0])]),
+                contact: superpeer(9),
+            },
+        },
+    );
+    match core.poll_output() {
+        shoal_protocol::sansio::Output::Send {
+            to,
+            msg:
+                RegistryMessage::AnnounceResponse(shoal_protocol::wire::AnnounceResponse::Accepted {
+                    ttl_secs,
+                }),
+        } => {
+            assert_eq!(to, sp);
+            assert_eq!(ttl_secs, 600);
+        }
+        other => panic!("{other:?}"),
+    }
+    let got = core.registry().holders(node(1), &track(7), 5, secs(2));
+    assert_eq!(nodes(&got), [leaf_node(1)]);
+}
+
+proptest! {
+    /// Random cluster announces from three super-peers: the indexes stay consistent and every
+    /// lookup returns exactly the live leaves the latest messages listed.
+    #[test]
+    fn clusters_match_a_model(ops in prop::collection::vec(
+        (0u64..3, any::<bool>(), prop::collection::vec((0u64..6, prop::collection::vec(0u32..4, 0..3)), 0..4), 0u64..40),
+        1..40,
+    )) {
+        let config = RegistryConfig { ttl: Duration::from_secs(100), ..relaxed() };
+        let mut r = registry(config);
+        // (cluster) → (announced, track → leaves)
+        let mut model: BTreeMap<u64, (u64, BTreeMap<u64, BTreeSet<u64>>)> = BTreeMap::new();
+        let mut now = 0;
+        for (sp, replace, tracks, advance) in ops {
+            now += advance;
+            let leaves: Vec<ClusterLeaf> = (0..4).map(|i| leaf(sp * 10 + i, None)).collect();
+            let list: Vec<(u64, Vec<u32>)> = tracks.clone();
+            let msg = ClusterAnnounce {
+                replace,
+                tracks: list.iter().map(|(t, ls)| ClusterTrack { track: track(*t), leaves: ls.clone() }).collect(),
+                leaves,
+                addrs: vec![],
+                region: None,
+            };
+            let live = model.get(&sp).is_some_and(|(at, _)| at + 100 > now);
+            let res = announce_cluster(&mut r, sp, &msg, secs(now));
+            if !replace && !live {
+                prop_assert!(res.is_err());
+                continue;
+            }
+            prop_assert!(res.is_ok(), "{:?}", res);
+            let entry = model.entry(sp).or_default();
+            if replace || !live {
+                entry.1.clear();
+            }
+            entry.0 = now;
+            for (t, ls) in list {
+                let set: BTreeSet<u64> = ls.iter().map(|&i| sp * 10 + u64::from(i)).collect();
+                if set.is_empty() { entry.1.remove(&t); } else { entry.1.insert(t, set); }
+            }
+            for t in 0..6 {
+                let mut want: Vec<NodeId> = model.values()
+                    .filter(|(at, _)| at + 100 > now)
+                    .flat_map(|(_, m)| m.get(&t).into_iter().flatten().map(|&l| leaf_node(l)))
+                    .collect();
+                want.sort();
+                let mut got = nodes(&r.holders(node(999), &track(t), 100, secs(now)));
+                got.sort();
+                prop_assert_eq!(got, want);
+            }
         }
     }
 }

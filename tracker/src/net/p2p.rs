@@ -37,8 +37,9 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, noise, ping, tc
 use shoal_protocol::ids::NodeId;
 use shoal_protocol::sansio::Time;
 use shoal_protocol::wire::{
-    ANNOUNCE_PROTOCOL, Announce, AnnounceResponse, LENGTH_PREFIX_BYTES, LOOKUP_PROTOCOL,
-    LookupRequest, LookupResponse, TrackSummary, WireError, WireMessage,
+    ANNOUNCE_PROTOCOL, Announce, AnnounceResponse, CLUSTER_PROTOCOL, ClusterAnnounce,
+    LENGTH_PREFIX_BYTES, LOOKUP_PROTOCOL, LookupRequest, LookupResponse, TrackSummary, WireError,
+    WireMessage,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -168,6 +169,8 @@ where
 pub type AnnounceCodec = FrameCodec<Announce, AnnounceResponse>;
 /// The codec of `/shoal/lookup/1`.
 pub type LookupCodec = FrameCodec<LookupRequest, LookupResponse>;
+/// The codec of `/shoal/cluster/1` (a super-peer's aggregated announce).
+pub type ClusterCodec = FrameCodec<ClusterAnnounce, AnnounceResponse>;
 
 // ---------------------------------------------------------------------------------------------
 // The behaviour (shared by the tracker, which answers, and clients, which ask).
@@ -179,6 +182,8 @@ pub struct Behaviour {
     pub announce: request_response::Behaviour<AnnounceCodec>,
     /// `/shoal/lookup/1`.
     pub lookup: request_response::Behaviour<LookupCodec>,
+    /// `/shoal/cluster/1`: answered by the tracker only; super-peers send on it.
+    pub cluster: request_response::Behaviour<ClusterCodec>,
     /// Exchanges listen addresses and agent versions.
     pub identify: identify::Behaviour,
     /// Liveness.
@@ -188,9 +193,20 @@ pub struct Behaviour {
 impl Behaviour {
     /// The tracker answers both protocols (`ProtocolSupport::Inbound`); clients ask
     /// (`Outbound`). `request_timeout` bounds a whole request, reading and answering included.
+    /// `/shoal/cluster/1` is inbound only on the tracker (`Inbound`) and outbound on every
+    /// other node, super-peers (`Full`) included.
     pub fn new(key: &Keypair, support: ProtocolSupport, request_timeout: Duration) -> Self {
         let rr = request_response::Config::default().with_request_timeout(request_timeout);
+        let cluster_support = if support.inbound() && !support.outbound() {
+            ProtocolSupport::Inbound
+        } else {
+            ProtocolSupport::Outbound
+        };
         Self {
+            cluster: request_response::Behaviour::new(
+                [(StreamProtocol::new(CLUSTER_PROTOCOL), cluster_support)],
+                rr.clone(),
+            ),
             announce: request_response::Behaviour::new(
                 [(StreamProtocol::new(ANNOUNCE_PROTOCOL), support.clone())],
                 rr.clone(),
@@ -809,7 +825,20 @@ impl Driver {
                     },
                 ..
             }) => self.on_lookup(peer, request, channel),
-            BehaviourEvent::Announce(request_response::Event::InboundFailure {
+            BehaviourEvent::Cluster(request_response::Event::Message {
+                peer,
+                connection_id,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+            }) => self.on_cluster_announce(peer, connection_id, &request, channel),
+            BehaviourEvent::Cluster(request_response::Event::InboundFailure {
+                peer,
+                error,
+                ..
+            })
+            | BehaviourEvent::Announce(request_response::Event::InboundFailure {
                 peer,
                 error,
                 ..
@@ -897,6 +926,38 @@ impl Driver {
             .is_err()
         {
             tracing::debug!(%peer, "announce answer not sent: the stream is gone");
+        }
+    }
+
+    /// A super-peer's aggregated announce: its cluster is the one keyed by the PeerId this
+    /// connection authenticated, so nobody can announce for another super-peer's leaves.
+    fn on_cluster_announce(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        msg: &ClusterAnnounce,
+        channel: ResponseChannel<AnnounceResponse>,
+    ) {
+        let contact = self.contact_of(&peer, connection);
+        let node = NodeId::from_key(&contact.peer_id);
+        let now = self.now();
+        let response = match lock(&self.registry).announce_cluster(node, &contact, msg, now) {
+            Ok(a) => {
+                tracing::debug!(%peer, tracks = a.tracks, listings = a.listings, "cluster announce accepted");
+                AnnounceResponse::Accepted {
+                    ttl_secs: a.ttl_secs,
+                }
+            }
+            Err(e) => e.to_response(),
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .cluster
+            .send_response(channel, response)
+            .is_err()
+        {
+            tracing::debug!(%peer, "cluster announce answer not sent: the stream is gone");
         }
     }
 

@@ -16,7 +16,7 @@ use shoal_superpeer::net::node::{self, Command as NodeCommand};
 #[derive(Debug, Parser)]
 #[command(name = "shoal-superpeer", version, arg_required_else_help = true)]
 struct Cli {
-    /// TOML configuration file (keys: listen, http, tracker, data, external_addr,
+    /// TOML configuration file (keys: listen, http, tracker, data, external_addr, region,
     /// [relay] ..., [index] ..., [cache] ...); command-line flags override it. Re-read on SIGHUP.
     #[arg(long, global = true, value_name = "FILE.toml")]
     config: Option<PathBuf>,
@@ -55,6 +55,10 @@ struct ServeArgs {
     /// [default: the listen addresses].
     #[arg(long, value_name = "MULTIADDR")]
     external_addr: Vec<Multiaddr>,
+    /// This super-peer's region (e.g. an ISO country code, as leaves use), sent to the tracker
+    /// with the cluster's aggregated holdings so it can rank them nearest first.
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
     /// Relay reservations at once [default: 1024].
     #[arg(long, value_name = "N")]
     max_reservations: Option<usize>,
@@ -114,6 +118,7 @@ impl ServeArgs {
             tracker: self.tracker,
             data: self.data,
             external_addr: self.external_addr,
+            region: self.region,
             relay: RelaySection {
                 max_reservations: self.max_reservations,
                 max_reservations_per_peer: self.max_reservations_per_peer,

@@ -379,6 +379,8 @@ fn superpeer(dir: &Path, name: &str, tracker_url: &str) -> (Proc, String, PeerId
                 "127.0.0.1:0",
                 "--tracker",
                 tracker_url,
+                "--region",
+                "SE",
                 "--no-cache",
                 "--data",
             ])

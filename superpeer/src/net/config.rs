@@ -31,6 +31,7 @@ pub const DEFAULT_CACHE_LIMIT_MIB: u64 = 1024;
 /// tracker = "http://tracker.example:7700"
 /// data = "/var/lib/shoal-superpeer"
 /// external_addr = ["/ip4/203.0.113.7/udp/7702/quic-v1"]
+/// region = "SE"
 ///
 /// [relay]
 /// max_reservations = 1024
@@ -67,6 +68,10 @@ pub struct FileConfig {
     /// hand out and identify reports. Without any, the confirmed listen addresses are used
     /// (fine on loopback and in tests, wrong behind a load balancer). Reloadable.
     pub external_addr: Option<Vec<Multiaddr>>,
+    /// This super-peer's region (`--region`; free text, the same names leaves use, e.g. an ISO
+    /// country code), sent with its aggregated announces: the tracker ranks its leaves that
+    /// did not say their own region as being in it. Reloadable.
+    pub region: Option<String>,
     /// `[relay]`: circuit relay v2 limits.
     #[serde(default)]
     pub relay: RelaySection,
@@ -209,6 +214,8 @@ pub struct Overrides {
     pub data: Option<PathBuf>,
     /// `--external-addr` (empty: not given).
     pub external_addr: Vec<Multiaddr>,
+    /// `--region`.
+    pub region: Option<String>,
     /// The `[relay]` flags.
     pub relay: RelaySection,
     /// The `[cache]` flags (`--no-cache` sets `enabled = Some(false)`).
@@ -228,6 +235,8 @@ pub struct Settings {
     pub data: PathBuf,
     /// Addresses to advertise.
     pub external_addrs: Vec<Multiaddr>,
+    /// This super-peer's region, if set.
+    pub region: Option<String>,
     /// Relay limits.
     pub relay: RelayLimits,
     /// Cluster index thresholds.
@@ -277,6 +286,14 @@ impl Settings {
         } else {
             file.external_addr.clone().unwrap_or_default()
         };
+        let region = flags.region.clone().or_else(|| file.region.clone());
+        if let Some(r) = &region
+            && (r.is_empty() || r.len() > 64)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "region = {r:?}: must be 1 to 64 bytes"
+            )));
+        }
         let (f, r) = (&flags.relay, &file.relay);
         let d = RelayLimits::default();
         let secs = Duration::from_secs;
@@ -345,6 +362,7 @@ impl Settings {
             tracker,
             data,
             external_addrs,
+            region,
             relay,
             index,
             cache,
@@ -577,6 +595,7 @@ mod tests {
             ..Overrides::default()
         };
         let s = Settings::merge(&flags, &file).unwrap();
+        assert_eq!(s.region, None);
         assert_eq!(s.http.port(), 2);
         assert_eq!(s.tracker.as_deref(), Some("http://t:7700"));
         assert_eq!(s.relay.max_circuits, 9);
@@ -603,6 +622,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tracker"), "{e}");
+    }
+
+    #[test]
+    fn region_from_file_or_flag() {
+        let file: FileConfig = toml::from_str("region = \"SE\"\n").unwrap();
+        let s = Settings::merge(&Overrides::default(), &file).unwrap();
+        assert_eq!(s.region.as_deref(), Some("SE"));
+        let flags = Overrides {
+            region: Some("DE".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            Settings::merge(&flags, &file).unwrap().region.as_deref(),
+            Some("DE")
+        );
+        let long: FileConfig =
+            toml::from_str(&format!("region = \"{}\"\n", "x".repeat(65))).unwrap();
+        let e = Settings::merge(&Overrides::default(), &long)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("region"), "{e}");
     }
 
     #[test]

@@ -463,6 +463,13 @@ impl Driver {
         // Only the reloadable keys are taken; the rest stay as running.
         self.settings.tracker = new.tracker;
         self.settings.external_addrs = new.external_addrs;
+        // Sent with the next aggregated announce (a snapshot, so every track carries it).
+        if new.region != self.settings.region {
+            self.settings.region = new.region;
+            let now = self.now();
+            self.cluster_request = None;
+            lock(&self.shared.sync).reset(now);
+        }
         self.settings.index = new.index;
         let mut admission = new.cache.admission;
         // The cache's size is fixed until a restart.
@@ -590,9 +597,10 @@ impl Driver {
         }
         let now = self.now();
         let addrs = self.own_contact().addrs;
+        let region = self.settings.region.clone();
         let msg = {
             let mut index = lock(&self.shared.index);
-            lock(&self.shared.sync).poll(now, &mut index, &addrs, None)
+            lock(&self.shared.sync).poll(now, &mut index, &addrs, region.as_deref())
         };
         let Some(msg) = msg else { return };
         if let Err(e) = msg.encode_payload() {

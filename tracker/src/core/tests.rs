@@ -1195,3 +1195,18 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_member_without_a_region_ranks_in_its_super_peers_region() {
+    let mut r = registry(relaxed());
+    let mut msg = cluster(true, vec![leaf(1, None)], &[(7, &[0])]);
+    msg.region = Some("SE".into());
+    announce_cluster(&mut r, 9, &msg, secs(1)).unwrap();
+    ann(&mut r, 2, &located(&[7], None, None), secs(2)); // fresher, region unknown
+    ann(&mut r, 3, &located(&[], None, Some("SE")), secs(3));
+    let got = r.holders(node(3), &track(7), 10, secs(4));
+    assert_eq!(nodes(&got), [leaf_node(1), node(2)]);
+    assert_eq!(got[0].proximity, Proximity::SameRegion);
+    // The wire form carries the leaf's own (absent) region, not the super-peer's.
+    assert_eq!(got[0].to_holder().region, None);
+}

@@ -189,8 +189,14 @@ impl TrackerSync {
             return None;
         }
         let (tracks, leaves, overflow) = index.take_dirty();
-        if overflow && self.snapshot.is_none() {
-            self.reset(now);
+        if overflow {
+            // Changes were lost: only a (re)started snapshot is exact. Keep a retry delay.
+            let at = if self.snapshot.is_some() {
+                self.full_due.max(now)
+            } else {
+                now
+            };
+            self.reset(at);
         }
         self.pending.extend(tracks);
         self.pending_leaves.extend(leaves);
@@ -735,6 +741,26 @@ mod tests {
         idx.set_tracking(true);
         let m = sync.poll(ms(20), &mut idx, &[], None).expect("snapshot");
         assert!(m.replace);
+        sync.answered(ms(20), Some(600));
+
+        // Mid-snapshot: the snapshot starts over.
+        let mut sync = TrackerSync::new(SyncConfig {
+            max_tracks_per_message: 1,
+            ..SyncConfig::default()
+        });
+        for i in 0..3 {
+            leaf_announce(&mut idx, i, &ann(true, &[i as u8], &[]), ms(30));
+        }
+        let m = sync.poll(ms(30), &mut idx, &[], None).unwrap();
+        assert!(m.replace && m.tracks.len() == 1);
+        sync.answered(ms(31), Some(600));
+        let m = sync.poll(ms(32), &mut idx, &[], None).unwrap();
+        assert!(!m.replace, "second part");
+        sync.answered(ms(33), Some(600));
+        idx.set_tracking(true);
+        let m = sync.poll(ms(34), &mut idx, &[], None).unwrap();
+        assert!(m.replace, "restarted");
+        assert_eq!(sync.stats().snapshots, 2);
     }
 
     proptest::proptest! {

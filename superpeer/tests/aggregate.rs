@@ -283,8 +283,18 @@ async fn tracker_finds_a_leafs_track_through_its_super_peers_aggregated_announce
         via.addrs.iter().any(|a| sp_base.to_string() == *a),
         "{via:?} vs {sp_base}"
     );
-    // The leaf never connected to the tracker: only the aggregate can have put it there.
+    // The leaf never connected to the tracker: only the aggregate can have put it there. The
+    // tracker holds one cluster entry and no peer entry.
     assert!(!leaf.is_connected(&tracker_id));
+    let tm = get(&format!("{tracker_url}/metrics")).await;
+    assert_eq!(metric(&tm, "shoal_registry_peers"), 0, "{tm}");
+    assert_eq!(metric(&tm, "shoal_registry_clusters"), 1, "{tm}");
+    assert_eq!(metric(&tm, "shoal_registry_cluster_listings"), 1, "{tm}");
+    assert_eq!(
+        metric(&tm, "shoal_registry_cluster_announces_rejected_total"),
+        0,
+        "{tm}"
+    );
     let m = get(&metrics_url).await;
     assert_eq!(metric(&m, "shoal_superpeer_tracker_sync_tracks"), 1, "{m}");
     assert_eq!(

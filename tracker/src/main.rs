@@ -228,6 +228,7 @@ async fn serve(
         .await
         .context("cannot start the libp2p endpoint")?;
     let state = AppState::new(opened.catalog, opened.origin, limits);
+    state.set_registry(p2p.registry());
     state.set_p2p(shoal_tracker::net::http::P2pInfo {
         peer_id: p2p.peer_id().to_string(),
         addrs: p2p.dial_addrs().iter().map(ToString::to_string).collect(),

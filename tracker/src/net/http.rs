@@ -84,6 +84,8 @@ pub struct AppState {
     hot: std::sync::Mutex<HotChunks>,
     /// The libp2p endpoint (`GET /p2p`), set once it is up.
     p2p: std::sync::OnceLock<P2pInfo>,
+    /// The peer registry the libp2p side updates (its sizes go to `/metrics`).
+    registry: std::sync::OnceLock<Arc<std::sync::Mutex<crate::core::PeerRegistry>>>,
 }
 
 /// How peers reach the tracker's libp2p side: what `GET /p2p` answers, so a peer given only
@@ -140,7 +142,13 @@ impl AppState {
             buckets: Default::default(),
             hot: std::sync::Mutex::new(hot),
             p2p: std::sync::OnceLock::new(),
+            registry: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Exports the peer registry's sizes and counters at `/metrics` (the first call wins).
+    pub fn set_registry(&self, registry: Arc<std::sync::Mutex<crate::core::PeerRegistry>>) {
+        let _ = self.registry.set(registry);
     }
 
     /// Publishes the libp2p endpoint under `GET /p2p` (the first call wins).
@@ -607,6 +615,59 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     );
     if let Some(n) = tracks {
         metric("shoal_catalog_tracks", "gauge", "Tracks in the catalog.", n);
+    }
+    if let Some(registry) = state.registry.get() {
+        // Held only to copy the counters.
+        let r = registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stats();
+        for (name, kind, help, value) in [
+            (
+                "shoal_registry_peers",
+                "gauge",
+                "Peers registered by their own announces.",
+                r.peers as u64,
+            ),
+            (
+                "shoal_registry_holdings",
+                "gauge",
+                "(peer, track) listings from peers' own announces.",
+                r.holdings as u64,
+            ),
+            (
+                "shoal_registry_announces_accepted_total",
+                "counter",
+                "Peer announces accepted.",
+                r.accepted,
+            ),
+            (
+                "shoal_registry_clusters",
+                "gauge",
+                "Super-peer clusters registered by aggregated announces.",
+                r.clusters as u64,
+            ),
+            (
+                "shoal_registry_cluster_listings",
+                "gauge",
+                "(cluster, track, leaf) listings from aggregated announces.",
+                r.cluster_listings as u64,
+            ),
+            (
+                "shoal_registry_cluster_announces_accepted_total",
+                "counter",
+                "Aggregated cluster announces accepted.",
+                r.cluster_accepted,
+            ),
+            (
+                "shoal_registry_cluster_announces_rejected_total",
+                "counter",
+                "Aggregated cluster announces rejected.",
+                r.cluster_rejected,
+            ),
+        ] {
+            metric(name, kind, help, value);
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -24,7 +24,9 @@ pub struct SchedulerConfig {
     /// low-bitrate track does not open hundreds of requests.
     pub max_chunks_ahead: usize,
     /// When a missing chunk is due within this much audio, it is urgent: if no peer is
-    /// expected to deliver it in time it is asked from the origin (default 4 s).
+    /// expected to deliver it in time it is asked from the origin (default 4 s). While less
+    /// than this is buffered, only urgent chunks are asked for: everything in flight shares
+    /// our downlink, so chunks due later would slow down the ones due now.
     pub urgent_buffer_ms: u64,
     /// While a chunk due within `urgent_buffer_ms` is missing, sources are re-assessed this
     /// often (default 250 ms), as estimates of late requests keep growing.
@@ -44,6 +46,8 @@ pub struct SchedulerConfig {
     /// A request is late once it has taken this many times its expected time (default 2.0)...
     pub late_factor: f64,
     /// ...plus this slack (default 250 ms), so jitter on tiny chunks does not count as late.
+    /// An urgent chunk's source expected to deliver with less than this to spare counts as
+    /// too late (estimates of unmeasured peers are guesses), so the origin is asked too.
     pub late_slack_ms: u64,
     /// While the holder lookup is unanswered, chunks wait for its answer rather than go to
     /// the origin (unless waiting would make them late), for at most this long (default

@@ -1441,7 +1441,15 @@ impl FetchScheduler {
         }
     }
 
-    fn fetch_chunk(&mut self, now: Time, slot: Slot, index: usize, need: Time, hedge: bool) {
+    fn fetch_chunk(
+        &mut self,
+        now: Time,
+        slot: Slot,
+        index: usize,
+        need: Time,
+        hedge: bool,
+        starving: bool,
+    ) {
         let Some(f) = self.fetches[slot as usize].as_ref() else {
             return;
         };
@@ -1471,6 +1479,16 @@ impl FetchScheduler {
         let len = u64::from(info.len);
         let urgent = need != Time::NEVER
             && need.saturating_since(now) <= SchedulerConfig::ms(self.config.urgent_buffer_ms);
+        let asked_already = || {
+            self.requests
+                .values()
+                .any(|r| r.track == track && r.what == What::Chunk(index))
+        };
+        if starving && !urgent && !asked_already() {
+            // Our own downlink is shared by everything in flight: while the buffer is below
+            // the urgent threshold, chunks needed later would slow down the ones needed now.
+            return;
+        }
         let asked = self.in_flight_for(track, What::Chunk(index), now);
         if asked.len() >= self.config.max_requests_per_chunk {
             return;
@@ -1498,11 +1516,14 @@ impl FetchScheduler {
                 }
                 return;
             }
+            // A peer's estimate is a guess until measured: one that would deliver with less
+            // than `late_slack_ms` to spare counts as too late.
+            let margin = SchedulerConfig::ms(self.config.late_slack_ms);
             match (peer, origin) {
                 // The best peer would be too late: the origin if the chunk is urgent, else
                 // wait (it may become urgent, or a peer may free up).
-                (Some((_, pt)), Some(_)) if pt > need && !urgent => {}
-                (Some((p, pt)), Some((o, ot))) if pt > need => {
+                (Some((_, pt)), Some(_)) if pt + margin > need && !urgent => {}
+                (Some((p, pt)), Some((o, ot))) if pt + margin > need => {
                     let to = if ot < pt { o } else { p };
                     self.issue(now, to, track, What::Chunk(index), len);
                 }
@@ -1530,7 +1551,9 @@ impl FetchScheduler {
             .map(|(_, _, t)| *t)
             .min()
             .unwrap_or(Time::NEVER);
-        if urgent && !origin_asked && best_expected > need {
+        // Less than `late_slack_ms` to spare counts as late here too.
+        let margin = SchedulerConfig::ms(self.config.late_slack_ms);
+        if urgent && !origin_asked && best_expected + margin > need {
             if let Some((o, _)) = origin {
                 self.issue(now, o, track, What::Chunk(index), len);
                 return;
@@ -1593,11 +1616,12 @@ impl FetchScheduler {
             Some((PlayState::Waiting, _))
         );
         let mut all_asked = true;
+        let starving = self.playback_urgent(now);
         if self.play.is_some() {
             for (i, need) in self.window(Slot::Current, now) {
                 let hedge =
                     waiting && start_index.is_some_and(|s| i < s + self.config.hedge_start_chunks);
-                self.fetch_chunk(now, Slot::Current, i, need, hedge);
+                self.fetch_chunk(now, Slot::Current, i, need, hedge, starving);
                 let f = self.fetches[0].as_ref();
                 let covered = f.is_some_and(|f| {
                     f.have[i]
@@ -1613,7 +1637,7 @@ impl FetchScheduler {
         if all_asked && self.fetches[Slot::Next as usize].is_some() {
             self.ensure_manifest(now, Slot::Next);
             for (i, need) in self.window(Slot::Next, now) {
-                self.fetch_chunk(now, Slot::Next, i, need, false);
+                self.fetch_chunk(now, Slot::Next, i, need, false, false);
             }
         }
     }

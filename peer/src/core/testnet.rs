@@ -83,6 +83,11 @@ pub(crate) struct Node {
     /// QUIC stream reset drops unsent bytes), the one being transmitted goes on.
     uplink: VecDeque<(NodeId, ChunkMsg)>,
     uplink_busy: bool,
+    /// Download bandwidth in bytes/s (unlimited unless set): arriving messages pass the
+    /// downlink one after another, first come first served.
+    down: f64,
+    /// When the downlink finishes what it is receiving.
+    down_free: Time,
 }
 
 enum Local {
@@ -92,6 +97,12 @@ enum Local {
 
 enum Ev {
     Deliver {
+        from: NodeId,
+        to: NodeId,
+        msg: ChunkMsg,
+    },
+    /// Through the receiver's downlink.
+    Received {
         from: NodeId,
         to: NodeId,
         msg: ChunkMsg,
@@ -156,6 +167,15 @@ impl Net {
             wake: Time::NEVER,
             uplink: VecDeque::new(),
             uplink_busy: false,
+            down: f64::INFINITY,
+            down_free: Time::ZERO,
+        }
+    }
+
+    /// Limits `id`'s download bandwidth to `bytes_per_s`.
+    pub fn set_downlink(&mut self, id: NodeId, bytes_per_s: f64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.down = bytes_per_s;
         }
     }
 
@@ -481,6 +501,20 @@ impl Net {
             self.now = self.now.max(at);
             match ev {
                 Ev::Deliver { from, to, msg } => {
+                    let now = self.now;
+                    let done = self.nodes.get_mut(&to).and_then(|n| {
+                        n.down.is_finite().then(|| {
+                            let tx = msg.wire_len() as f64 / n.down.max(1.0);
+                            n.down_free = n.down_free.max(now) + Duration::from_secs_f64(tx);
+                            n.down_free
+                        })
+                    });
+                    match done {
+                        Some(at) => self.push(at, Ev::Received { from, to, msg }),
+                        None => self.push(now, Ev::Received { from, to, msg }),
+                    }
+                }
+                Ev::Received { from, to, msg } => {
                     if let ChunkMsg::Request(ChunkRequest::Cancel { request }) = &msg {
                         self.drop_queued(to, from, *request);
                     }

@@ -963,3 +963,37 @@ fn a_partly_cached_track_fetches_the_rest_in_time() {
         assert_eq!(replay.stutters, 0, "{case}");
     }
 }
+
+#[test]
+fn a_dry_buffer_gets_the_whole_downlink() {
+    // A 100 kB/s downlink and five peers. The peer asked for the second chunk (due 0.5 s
+    // after the start) answers last; everything else asked at the start would reach the
+    // downlink first and queue ahead of it. While the buffer is below `urgent_buffer_ms`,
+    // only chunks due within it are asked for.
+    let t = make_track(32, 13, 16_000);
+    let mut net = setup(&[&t], 10, true);
+    net.set_downlink(n(LISTENER), 100_000.0);
+    let mut holders = Vec::new();
+    for i in 2..7 {
+        // Node 3 gets the second chunk (node 2 has the hedged first one outstanding).
+        let latency = if i == 3 { 150 } else { 10 };
+        add_peer(&mut net, i, 1e6, latency, &[&t]);
+        holders.push(peer(i, 20));
+    }
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: holders,
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(300));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed, "{stats:?}");
+    assert_eq!(stats.stutters, 0, "{stats:?}");
+    assert_played_correctly(&net, &t);
+    let to_3 = get_chunks_to(&net, n(3));
+    assert_eq!(to_3.first().map(|c| c.2), Some(t.manifest.chunks[1].id));
+}

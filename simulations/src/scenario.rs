@@ -229,6 +229,8 @@ pub struct Scenario {
     pub cache: CacheSection,
     /// The tracker's registry thresholds.
     pub tracker: TrackerSection,
+    /// What the client does before a play reaches its core.
+    pub client: ClientSection,
     /// Failures injected at given times (`[[faults]]`).
     pub faults: Vec<Fault>,
 }
@@ -584,6 +586,19 @@ impl Default for TrackerSection {
     fn default() -> Self {
         Self { ttl_s: 600.0 }
     }
+}
+
+/// `[client]`: what the listener's client does around the core.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSection {
+    /// Round trips to the origin (the service's access point) before a play that does not
+    /// continue a prefetched playlist reaches the core, cached tracks included; they travel
+    /// the simulated network and count in the time to first audio. Default 0: Shoal's client
+    /// asks nothing before fetching. A Spotify-style client asks 2 (librespot's
+    /// `PlayerTrackLoader::load_remote_track`: the track's metadata, then its decryption key,
+    /// one after the other, even when the file is cached).
+    pub play_setup_round_trips: u32,
 }
 
 /// A failure injected at a time (`[[faults]]`).

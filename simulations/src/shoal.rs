@@ -58,6 +58,17 @@ pub enum SimMsg {
     /// Registry traffic as the tracker core speaks it: holder lookups, their answers, announce
     /// answers.
     Registry(RegistryMessage),
+    /// One round trip of a play's set-up with the service (`client.play_setup_round_trips`):
+    /// a request from the listener to its origin (`reply: false`) and the answer. Not Shoal
+    /// traffic: it models what a client like Spotify's must ask its access point before a
+    /// play can start (the track's metadata, its decryption key), answered by the origin's
+    /// driver.
+    Setup {
+        /// The listener's play it belongs to.
+        seq: u32,
+        /// True for the answer.
+        reply: bool,
+    },
 }
 
 /// An event of a simulated node's core.
@@ -133,7 +144,7 @@ impl Core for SimNode {
                         contact: contact_of(from),
                     }),
                     SimMsg::Registry(msg) => Some(msg),
-                    SimMsg::Chunk(_) => None,
+                    SimMsg::Chunk(_) | SimMsg::Setup { .. } => None,
                 };
                 if let Some(input) = input.filter_map(registry, |_| None) {
                     t.handle_input(now, input);
@@ -202,6 +213,27 @@ struct PeerDriver {
     /// While the client is not running: the chunks its disk cache holds, least recently used
     /// first, as `track << 32 | index` (what a restarting client reads back from its disk).
     disk: Vec<u64>,
+    /// The listener's plays so far (the last one's number tags its set-up messages).
+    play_seq: u32,
+    /// A play waiting for its set-up round trips with the service.
+    pending: Option<PendingPlay>,
+    /// Set-up time (µs) of the play last handed to the core, added to its time to first audio:
+    /// the listener asked that much before the core was told to play.
+    setup_us: u64,
+    /// The track enqueued after the playing one (prefetched with its set-up done).
+    queued: Option<u32>,
+}
+
+/// A play whose set-up round trips with the service are under way.
+#[derive(Debug, Clone, Copy)]
+struct PendingPlay {
+    seq: u32,
+    track: u32,
+    next: Option<u32>,
+    /// When the listener asked for it.
+    asked: Time,
+    /// Round trips answered.
+    done: u32,
 }
 
 #[derive(Debug)]
@@ -282,6 +314,8 @@ pub struct ShoalCores {
     /// Payloads carry 1/scale of the bytes they model (`catalog.payload_scale`): byte-valued
     /// thresholds handed to the cores are divided by it, wire sizes and statistics multiplied.
     scale: u64,
+    /// Round trips to the origin before a play reaches the core (`client.play_setup_round_trips`).
+    setup_rounds: u32,
 }
 
 impl ShoalCores {
@@ -308,6 +342,7 @@ impl ShoalCores {
             peers: Vec::new(),
             counters: RegistryCounters::default(),
             read_us: (s.cache.read_ms * 1000.0) as u64,
+            setup_rounds: s.client.play_setup_round_trips,
             scale: u64::from(s.catalog.payload_scale.max(1)),
         }
     }
@@ -423,6 +458,32 @@ impl ShoalCores {
     /// What the real driver does before `Play` or `Enqueue`: a track whose manifest is on
     /// disk starts without asking anyone for it (`SchedulerCommand::Manifest` first).
     /// Returns the track's id.
+    /// Hands a play to the core: the manifests on disk, `Play`, the queue's next track.
+    fn start_play(
+        &mut self,
+        node: u32,
+        track: u32,
+        next: Option<u32>,
+        setup_us: u64,
+        out: &mut Vec<Feedback<Self>>,
+    ) {
+        let fetch = |c| Feedback::Command(PeerCommand::Fetch(c));
+        let id = self.manifest_from_disk(node, track, out);
+        out.push(fetch(SchedulerCommand::Play {
+            track: id,
+            position_ms: 0,
+        }));
+        out.push(fetch(SchedulerCommand::ClearQueue));
+        if let Some(n) = next {
+            let nid = self.manifest_from_disk(node, n, out);
+            out.push(fetch(SchedulerCommand::Enqueue(nid)));
+        }
+        if let Some(p) = self.peers.get_mut(node as usize) {
+            p.setup_us = setup_us;
+            p.queued = next;
+        }
+    }
+
     fn manifest_from_disk(
         &mut self,
         node: u32,
@@ -553,6 +614,10 @@ impl Cores for ShoalCores {
             SimMsg::Registry(RegistryMessage::LookupResponse(r)) => {
                 r.encode_payload().map_or(0, |b| b.len())
             }
+            // librespot's key request: file id (20) + track gid (16) + sequence (4) + 2 zero
+            // bytes; the answer: sequence + 16-byte key; plus a 3-byte packet header.
+            SimMsg::Setup { reply: false, .. } => 42 + 3 - LENGTH_PREFIX_BYTES,
+            SimMsg::Setup { reply: true, .. } => 20 + 3 - LENGTH_PREFIX_BYTES,
         };
         u32::try_from(payload + LENGTH_PREFIX_BYTES).unwrap_or(u32::MAX)
     }
@@ -739,18 +804,41 @@ impl Cores for ShoalCores {
                     p.online = false;
                     p.announcer = None;
                     p.wake_at = Time::NEVER;
+                    p.pending = None;
+                    p.queued = None;
                 }
             }
             Listen::Play { track, next } => {
-                let id = self.manifest_from_disk(node, track, out);
-                out.push(fetch(SchedulerCommand::Play {
-                    track: id,
-                    position_ms: 0,
-                }));
-                out.push(fetch(SchedulerCommand::ClearQueue));
-                if let Some(n) = next {
-                    let nid = self.manifest_from_disk(node, n, out);
-                    out.push(fetch(SchedulerCommand::Enqueue(nid)));
+                let origin = self.origins.first().copied();
+                let Some(p) = self.peers.get_mut(node as usize) else {
+                    return;
+                };
+                p.play_seq = p.play_seq.wrapping_add(1);
+                // A playlist's next track was prefetched, its set-up included (librespot
+                // preloads the next track through the same loader); any other play first
+                // asks the service.
+                let continues = p.queued == Some(track);
+                match origin {
+                    Some(o) if self.setup_rounds > 0 && !continues => {
+                        p.pending = Some(PendingPlay {
+                            seq: p.play_seq,
+                            track,
+                            next,
+                            asked: now,
+                            done: 0,
+                        });
+                        out.push(Feedback::Send {
+                            to: o,
+                            msg: SimMsg::Setup {
+                                seq: p.play_seq,
+                                reply: false,
+                            },
+                        });
+                    }
+                    _ => {
+                        p.pending = None;
+                        self.start_play(node, track, next, 0, out);
+                    }
                 }
             }
         }
@@ -795,7 +883,14 @@ impl Cores for ShoalCores {
             PeerEvent::Fetch(SchedulerEvent::PlayStarted {
                 time_to_first_audio_ms: Some(ms),
                 ..
-            }) => stats.first_audio(ms as f64),
+            }) => {
+                // The core counts from its `Play`; the listener asked `setup_us` before that.
+                let setup = self
+                    .peers
+                    .get_mut(node as usize)
+                    .map_or(0, |p| std::mem::take(&mut p.setup_us));
+                stats.first_audio(ms as f64 + setup as f64 / 1000.0);
+            }
             PeerEvent::Fetch(SchedulerEvent::TrackFinished(p)) => {
                 stats.play_ended(p.stutters);
                 let b = &p.bytes_by_source;
@@ -874,7 +969,7 @@ impl Cores for ShoalCores {
     fn on_deliver(
         &mut self,
         now: Time,
-        _from: u32,
+        from: u32,
         to: u32,
         msg: &SimMsg,
         to_sender: &mut Vec<Feedback<Self>>,
@@ -945,6 +1040,41 @@ impl Cores for ShoalCores {
                         peers,
                     },
                 )));
+            }
+            // The service's side of a play's set-up: the origin answers at once.
+            SimMsg::Setup { seq, reply: false } if self.origin_pos(to).is_some() => {
+                to_receiver.push(Feedback::Send {
+                    to: NodeId::from_index(u64::from(from)),
+                    msg: SimMsg::Setup {
+                        seq: *seq,
+                        reply: true,
+                    },
+                });
+            }
+            // The listener's side: the next round trip, or the play handed to the core.
+            SimMsg::Setup { seq, reply: true } => {
+                let rounds = self.setup_rounds;
+                let Some(p) = self.peers.get_mut(to as usize) else {
+                    return;
+                };
+                let Some(mut pending) = p.pending.filter(|q| q.seq == *seq) else {
+                    return;
+                };
+                pending.done += 1;
+                if pending.done < rounds {
+                    p.pending = Some(pending);
+                    to_receiver.push(Feedback::Send {
+                        to: NodeId::from_index(u64::from(from)),
+                        msg: SimMsg::Setup {
+                            seq: *seq,
+                            reply: false,
+                        },
+                    });
+                } else {
+                    p.pending = None;
+                    let setup_us = now.as_micros().saturating_sub(pending.asked.as_micros());
+                    self.start_play(to, pending.track, pending.next, setup_us, to_receiver);
+                }
             }
             SimMsg::Registry(RegistryMessage::AnnounceResponse(a)) => {
                 let ttl = match a {

@@ -337,3 +337,33 @@ fn sweep_runs_match_single_runs_with_real_cores() {
     }
     std::fs::remove_dir_all(&base).expect("cleanup");
 }
+
+#[test]
+fn play_setup_round_trips_travel_the_network_before_the_core_plays() {
+    // The same run with and without two set-up round trips to the origin per play: they are
+    // real messages (more events) and every play that does not continue a prefetched playlist
+    // waits for them, so far fewer plays start within 20 ms (two round trips take more than
+    // two same-region RTTs of 10 ms).
+    let run = |rounds: u32| {
+        let sets = [
+            "run.duration_s=300".to_string(),
+            "population.peers=200".to_string(),
+            "catalog.tracks=229".to_string(),
+            format!("client.play_setup_round_trips={rounds}"),
+        ];
+        let s = scenario::load(&scenario_path("spotify-2010"), &sets)
+            .expect("spotify-2010 loads")
+            .scenario;
+        World::new(&s, 5, ShoalCores::new(&s, 5)).run(&mut |_, _| {})
+    };
+    let (plain, setup) = (run(0), run(2));
+    assert!(setup.summary.events > plain.summary.events);
+    let fast = |o: &shoal_sim::sim::RunOutput| o.latencies_ms.iter().filter(|&&v| v < 20.0).count();
+    assert!(!plain.latencies_ms.is_empty() && !setup.latencies_ms.is_empty());
+    assert!(
+        fast(&setup) * 2 < fast(&plain),
+        "plays starting within 20 ms: {} with set-up, {} without",
+        fast(&setup),
+        fast(&plain)
+    );
+}

@@ -361,15 +361,22 @@ pub async fn serve(opts: NetOptions) -> Result<()> {
     };
     tokio::pin!(stop);
     let mut announced = false;
+    // With super-peers configured, also say when the attached one indexes our tracks: only then
+    // do its leaves' lookups find us.
+    let mut indexed = opts.superpeers.is_empty();
     let mut poll = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             () = &mut stop => break,
-            _ = poll.tick(), if !announced => {
+            _ = poll.tick(), if !announced || !indexed => {
                 let s = node.status();
-                if s.announced {
+                if s.announced && !announced {
                     announced = true;
                     println!("announced {} tracks", s.held_tracks);
+                }
+                if let (Some(sp), true, false) = (s.superpeer, s.superpeer_announced, indexed) {
+                    indexed = true;
+                    println!("indexed by super-peer {sp}: {} tracks", s.held_tracks);
                 }
             }
             _ = tick.tick() => {

@@ -419,9 +419,8 @@ impl Network {
         let mut args = vec![s("serve")];
         args.extend(self.net_args(&cache));
         let mut p = Proc::spawn(&self.topo.host(host), &bin("shoal-peer"), &args);
-        // Announced with its relayed address once attached.
-        p.wait_line("announced ");
-        std::thread::sleep(Duration::from_secs(2));
+        // Listeners look holders up through their super-peer: wait until it has indexed ours.
+        p.wait_line("indexed by super-peer ");
         p
     }
 

@@ -304,6 +304,8 @@ pub struct NodeStatus {
     pub announced: bool,
     /// The super-peer we are attached to (relay reservation), if any.
     pub superpeer: Option<PeerId>,
+    /// That super-peer's cluster index has accepted our holdings (lookups through it find us).
+    pub superpeer_announced: bool,
     /// Chunk and manifest bytes received over relayed connections.
     pub relayed_bytes: u64,
     /// Chunk and manifest bytes received over direct connections.
@@ -761,6 +763,8 @@ impl Driver {
                 .current()
                 .and_then(|n| self.superpeers.get(&n))
                 .map(|(p, _)| *p),
+            superpeer_announced: self.attacher.current().is_some()
+                && self.cluster_announcer.synced(),
             relayed_bytes: self.relayed_bytes,
             direct_bytes: self.direct_bytes,
             direct_upgrades: self.upgrades,

@@ -15,6 +15,8 @@
 //!    pair, so N streams need N distinct pairs).
 //!
 //! Run with `nice -n 19 cargo bench -p shoal-superpeer --bench relay`; prints Markdown tables.
+//! `RELAY_BENCH_GEN_CORES` (default `0`) and `RELAY_BENCH_GEN_WORKERS` (default 1) place the
+//! load generator; the super-peer is always pinned to core 1 alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -960,14 +962,22 @@ async fn capacity(ns: &[usize], secs: u64, tck: f64) {
 fn main() {
     let _ = now_us();
     let pinned = pinning();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    // The load generator does more work per stream than the relay (it is both ends of every
+    // circuit, with Noise on top of QUIC), so at high N one core of it falls behind before the
+    // relay does. `RELAY_BENCH_GEN_CORES=0,1` with `RELAY_BENCH_GEN_WORKERS=2` lets it use what
+    // the relay leaves of core 1 too; the relay stays pinned to core 1 alone.
+    let gen_cores = env("RELAY_BENCH_GEN_CORES").unwrap_or_else(|| "0".into());
+    let gen_workers: usize = env("RELAY_BENCH_GEN_WORKERS")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     if pinned {
-        // The load generator on core 0; the super-peer gets core 1 (see start_server).
+        // The load generator on `gen_cores`; the super-peer gets core 1 (see start_server).
         let _ = Command::new("taskset")
-            .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+            .args(["-a", "-p", "-c", &gen_cores, &std::process::id().to_string()])
             .stdout(Stdio::null())
             .status();
     }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let ns: Vec<usize> = env("RELAY_BENCH_STREAMS")
         .unwrap_or_else(|| "50,100,200,500,1000,2000,3000,4000".into())
         .split(',')
@@ -984,13 +994,15 @@ fn main() {
     println!(
         "relay bench: super-peer {BIN}, {}",
         if pinned {
-            "super-peer pinned to core 1, load generator to core 0"
+            format!(
+                "super-peer pinned to core 1, load generator ({gen_workers} tokio workers) to cores {gen_cores}"
+            )
         } else {
-            "no pinning (taskset missing or one CPU)"
+            "no pinning (taskset missing or one CPU)".to_owned()
         }
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(gen_workers)
         .enable_all()
         .build()
         .unwrap();

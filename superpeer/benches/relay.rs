@@ -974,7 +974,13 @@ fn main() {
     if pinned {
         // The load generator on `gen_cores`; the super-peer gets core 1 (see start_server).
         let _ = Command::new("taskset")
-            .args(["-a", "-p", "-c", &gen_cores, &std::process::id().to_string()])
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &gen_cores,
+                &std::process::id().to_string(),
+            ])
             .stdout(Stdio::null())
             .status();
     }

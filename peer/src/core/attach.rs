@@ -147,6 +147,17 @@ impl Attacher {
         None
     }
 
+    /// True while an attachment is still being decided or set up: no reservation yet, and
+    /// either one is wanted or RTTs are still being measured. Lookups and announces wait for
+    /// it (under a second at start) so they go to the super-peer with the right addresses.
+    pub fn settling(&self, now: Time) -> bool {
+        self.current.is_none()
+            && (self.choice(now).is_some()
+                || (!self.public
+                    && now < self.decide_from
+                    && self.candidates.iter().any(|c| c.avoid_until <= now)))
+    }
+
     /// When [`Attacher::choice`] may change by itself (the end of the measuring time or of an
     /// avoidance), [`Time::NEVER`] if never.
     pub fn next_wake(&self, now: Time) -> Time {
@@ -218,5 +229,26 @@ mod tests {
         assert_eq!(at.current(), None);
         at.set_public(false);
         assert_eq!(at.choice(ms(800)), Some(a));
+    }
+
+    #[test]
+    fn settling_from_start_until_attached_or_nowhere_to_go() {
+        let (a, b) = (NodeId::from_index(1), NodeId::from_index(2));
+        let mut at = Attacher::new(AttachConfig::default(), vec![a, b], ms(0));
+        assert!(at.settling(ms(10)), "measuring: lookups wait");
+        at.rtt(a, Duration::from_millis(5));
+        assert!(at.settling(ms(20)), "reservation wanted");
+        at.requested(a);
+        at.attached(a);
+        assert!(!at.settling(ms(30)), "attached");
+        at.lost(ms(40), a);
+        assert!(at.settling(ms(40)), "b takes over");
+        at.lost(ms(50), b);
+        assert!(!at.settling(ms(50)), "both avoided: ask the tracker");
+        let none = Attacher::new(AttachConfig::default(), Vec::new(), ms(0));
+        assert!(!none.settling(ms(0)), "no super-peers configured");
+        let mut public = Attacher::new(AttachConfig::default(), vec![a], ms(0));
+        public.set_public(true);
+        assert!(!public.settling(ms(0)), "publicly reachable");
     }
 }

@@ -53,6 +53,13 @@ pub struct SchedulerConfig {
     /// the origin (unless waiting would make them late), for at most this long (default
     /// 500 ms); then the lookup counts as "nobody".
     pub lookup_wait_ms: u64,
+    /// While a track being fetched has no holder for a chunk it needs, the holders are asked
+    /// for again after this long (default 3 s), the wait doubling after each fruitless
+    /// answer up to `max_relookup_ms`: holders appear as others finish the track, and a
+    /// lookup answered before the tracker heard of them must not mean "nobody, ever".
+    pub relookup_ms: u64,
+    /// Longest wait between two holder lookups of the same track (default 60 s).
+    pub max_relookup_ms: u64,
     /// A request unanswered after this long is abandoned and cancelled, and its node left
     /// alone for `max_busy_backoff_ms` (default 60 s). Slowness is handled earlier, by
     /// lateness (re-requests elsewhere without cancelling); this catches silent nodes.
@@ -108,6 +115,8 @@ impl Default for SchedulerConfig {
             late_factor: 2.0,
             late_slack_ms: 250,
             lookup_wait_ms: 500,
+            relookup_ms: 3_000,
+            max_relookup_ms: 60_000,
             request_timeout_ms: 60_000,
             max_busy_backoff_ms: 5_000,
             initial_peer_rate: 256_000,

@@ -270,9 +270,12 @@ struct TrackFetch {
     reading: BTreeSet<usize>,
     not_have: BTreeSet<(usize, NodeId)>,
     stats: PlayStats,
-    asked_for_peers: bool,
-    /// When the holders were asked for (see `lookup_wait_ms`).
+    /// Holder lookups asked for so far (the wait before the next one doubles with each).
+    peer_lookups: u32,
+    /// When the holders were first asked for (see `lookup_wait_ms`).
     asked_peers_at: Time,
+    /// When they were last asked for (see `relookup_ms`).
+    last_peer_lookup: Time,
 }
 
 impl TrackFetch {
@@ -287,8 +290,9 @@ impl TrackFetch {
             reading: BTreeSet::new(),
             not_have: BTreeSet::new(),
             stats: PlayStats::new(track),
-            asked_for_peers: false,
+            peer_lookups: 0,
             asked_peers_at: Time::NEVER,
+            last_peer_lookup: Time::NEVER,
         }
     }
 
@@ -1433,9 +1437,24 @@ impl FetchScheduler {
         let Some(f) = self.fetches[slot as usize].as_mut() else {
             return;
         };
-        if !f.asked_for_peers {
-            f.asked_for_peers = true;
-            f.asked_peers_at = self.now;
+        let now = self.now;
+        let due = match f.peer_lookups {
+            0 => true,
+            n => {
+                let wait = self
+                    .config
+                    .relookup_ms
+                    .saturating_mul(1 << (n - 1).min(16))
+                    .min(self.config.max_relookup_ms);
+                now.saturating_since(f.last_peer_lookup) >= SchedulerConfig::ms(wait)
+            }
+        };
+        if due {
+            if f.peer_lookups == 0 {
+                f.asked_peers_at = now;
+            }
+            f.peer_lookups = f.peer_lookups.saturating_add(1);
+            f.last_peer_lookup = now;
             let t = f.track;
             self.emit(SchedulerEvent::NeedPeers(t));
         }

@@ -807,6 +807,104 @@ fn playing_without_known_holders_asks_the_driver_for_them() {
     assert_eq!(stats.bytes_by_source.origin, t.manifest.total_bytes());
 }
 
+#[test]
+fn an_empty_lookup_answer_is_asked_again_and_later_holders_are_used() {
+    // When first asked, the tracker had not heard of the holder yet (its super-peer batches
+    // leaf changes): the next lookup finds it, and the rest of the track comes from it.
+    let t = make_track(15, 30, 16_000);
+    let mut net = setup(&[&t], 40, true);
+    add_peer(&mut net, 2, 1e6, 10, &[&t]);
+    play(&mut net, Time::ZERO, t.id);
+    let lookups = |net: &Net| -> Vec<Time> {
+        net.events(n(LISTENER))
+            .filter(|(_, e)| **e == SchedulerEvent::NeedPeers(t.id))
+            .map(|(at, _)| at)
+            .collect()
+    };
+    net.run_until(Time::from_millis(100), |_| false);
+    assert_eq!(lookups(&net).len(), 1, "asked once at the start");
+    net.command_at(
+        Time::from_millis(100),
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: Vec::new(),
+        },
+    );
+    net.run_until(secs(60), |net| lookups(net).len() >= 2);
+    let asked = lookups(&net);
+    assert_eq!(asked.len(), 2, "an empty answer is asked again");
+    assert!(
+        asked[1].saturating_since(asked[0]) >= Duration::from_millis(3_000),
+        "not before relookup_ms: {asked:?}"
+    );
+    net.command_at(
+        asked[1] + Duration::from_millis(50),
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 20)],
+        },
+    );
+    run_to_end(&mut net, 1, secs(400));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0);
+    assert_played_correctly(&net, &t);
+    assert!(
+        stats.bytes_by_source.peers * 2 > t.manifest.total_bytes(),
+        "most of the track from the holder found later: {:?}",
+        stats.bytes_by_source
+    );
+}
+
+#[test]
+fn lookups_of_a_track_nobody_holds_back_off() {
+    let t = make_track(16, 40, 16_000);
+    let mut net = setup(&[&t], 40, true);
+    play(&mut net, Time::ZERO, t.id);
+    // Every lookup is answered at once with nobody.
+    let lookups = |net: &Net| -> Vec<Time> {
+        net.events(n(LISTENER))
+            .filter(|(_, e)| **e == SchedulerEvent::NeedPeers(t.id))
+            .map(|(at, _)| at)
+            .collect()
+    };
+    let mut answered = 0;
+    while net.finished(n(LISTENER)).is_empty() {
+        net.run_until(secs(400), |net| {
+            lookups(net).len() > answered || !net.finished(n(LISTENER)).is_empty()
+        });
+        let asked = lookups(&net);
+        if asked.len() == answered {
+            break;
+        }
+        for at in &asked[answered..] {
+            net.command_at(
+                *at,
+                n(LISTENER),
+                SchedulerCommand::Peers {
+                    track: t.id,
+                    peers: Vec::new(),
+                },
+            );
+        }
+        answered = asked.len();
+    }
+    let asked = lookups(&net);
+    // 200 s of music: asked at 0, 3, 9, 21, 45, 93, 153 s...: a handful, not one per chunk.
+    assert!(asked.len() >= 3, "asked again: {asked:?}");
+    assert!(asked.len() <= 8, "backed off: {asked:?}");
+    for w in asked.windows(3) {
+        assert!(
+            w[2].saturating_since(w[1]) >= w[1].saturating_since(w[0]),
+            "the wait grows: {asked:?}"
+        );
+    }
+    let stats = &net.finished(n(LISTENER))[0];
+    assert_eq!(stats.bytes_by_source.origin, t.manifest.total_bytes());
+}
+
 /// Runs a random network; returns the net, the track and whether it finished.
 fn random_run(
     chunks: usize,

@@ -1111,7 +1111,7 @@ impl Driver {
     /// A reservation is being set up: lookups and announces wait for its outcome (under a
     /// second at start), so they go to the right place with the right addresses.
     fn attaching(&self) -> bool {
-        self.attacher.current().is_none() && self.attacher.choice(self.now()).is_some()
+        self.attacher.settling(self.now())
     }
 
     fn lookup(&mut self, track: TrackId) {

@@ -30,8 +30,8 @@
 use std::collections::BTreeSet;
 
 use shoal_peer::core::{
-    AnnounceConfig, Announcer, ChunkMsg, ChunkServer, Item, PeerCommand, PeerConfig, PeerCore,
-    PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
+    AnnounceConfig, Announcer, ChunkMsg, ChunkServer, Item, ManifestPool, PeerCommand, PeerConfig,
+    PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
 };
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
@@ -316,6 +316,9 @@ pub struct ShoalCores {
     scale: u64,
     /// Round trips to the origin before a play reaches the core (`client.play_setup_round_trips`).
     setup_rounds: u32,
+    /// Decoded manifests shared by every peer core of the run (one copy per track, not per
+    /// peer; the cores share only what they verified to be the same bytes).
+    manifests: ManifestPool,
 }
 
 impl ShoalCores {
@@ -344,6 +347,7 @@ impl ShoalCores {
             read_us: (s.cache.read_ms * 1000.0) as u64,
             setup_rounds: s.client.play_setup_round_trips,
             scale: u64::from(s.catalog.payload_scale.max(1)),
+            manifests: ManifestPool::new(),
         }
     }
 
@@ -638,7 +642,8 @@ impl Cores for ShoalCores {
                 sch.initial_origin_rate = self.scaled(sch.initial_origin_rate);
                 cfg.server.upload_rate = self.scaled(info.upload_cap_bps.max(1.0) as u64);
                 cfg.server.upload_burst = self.scaled(cfg.server.upload_burst);
-                let mut core = PeerCore::new(cfg.clone());
+                let mut core =
+                    PeerCore::new(cfg.clone()).with_manifest_pool(self.manifests.clone());
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -740,8 +745,9 @@ impl Cores for ShoalCores {
     /// only let it serve those manifests.)
     fn restart(&mut self, now: Time, node: u32) -> Option<SimNode> {
         let origin = self.origins.first().copied();
+        let pool = self.manifests.clone();
         let p = self.peers.get_mut(node as usize)?;
-        let mut core = PeerCore::new(p.config.clone()?);
+        let mut core = PeerCore::new(p.config.clone()?).with_manifest_pool(pool);
         let disk = std::mem::take(&mut p.disk);
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();
         tracks.sort_unstable();

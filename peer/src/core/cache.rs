@@ -2,22 +2,41 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use shoal_protocol::ChunkId;
 
 use super::config::CacheConfig;
+use super::idmap::IdMap;
 
-/// LRU index of cached chunks. Every operation is `O(log n)`.
+/// No slot.
+const NIL: u32 = u32::MAX;
+
+/// One cached chunk, linked into the age list (or, when free, into the free list by `next`).
+#[derive(Debug, Clone)]
+struct Slot {
+    id: ChunkId,
+    len: u32,
+    /// Next older entry.
+    prev: u32,
+    /// Next newer entry.
+    next: u32,
+}
+
+/// LRU index of cached chunks: a hash index into slots linked from least to most recently
+/// used. Every operation is `O(1)` (eviction `O(1)` per chunk evicted); each chunk costs one
+/// slot (its id, length and two links) and one index entry.
 #[derive(Debug, Clone)]
 pub struct CacheIndex {
     config: CacheConfig,
-    /// Chunk → (byte length, last-use tick).
-    entries: BTreeMap<ChunkId, (u32, u64)>,
-    /// (last-use tick, chunk), oldest first.
-    by_age: BTreeSet<(u64, ChunkId)>,
+    /// Chunk → its slot.
+    index: IdMap<ChunkId, u32>,
+    slots: Vec<Slot>,
+    /// First free slot (linked by `next`).
+    free: u32,
+    /// Least recently used.
+    oldest: u32,
+    /// Most recently used.
+    newest: u32,
     bytes: u64,
-    tick: u64,
 }
 
 impl CacheIndex {
@@ -25,21 +44,23 @@ impl CacheIndex {
     pub fn new(config: CacheConfig) -> Self {
         Self {
             config,
-            entries: BTreeMap::new(),
-            by_age: BTreeSet::new(),
+            index: IdMap::default(),
+            slots: Vec::new(),
+            free: NIL,
+            oldest: NIL,
+            newest: NIL,
             bytes: 0,
-            tick: 0,
         }
     }
 
     /// True when the cache holds `chunk`.
     pub fn contains(&self, chunk: &ChunkId) -> bool {
-        self.entries.contains_key(chunk)
+        self.index.contains_key(chunk)
     }
 
     /// Byte length of `chunk` if held.
     pub fn len_of(&self, chunk: &ChunkId) -> Option<u32> {
-        self.entries.get(chunk).map(|(len, _)| *len)
+        self.index.get(chunk).map(|&i| self.slots[i as usize].len)
     }
 
     /// Bytes held.
@@ -49,21 +70,75 @@ impl CacheIndex {
 
     /// Chunks held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// True when nothing is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let s = &self.slots[i as usize];
+            (s.prev, s.next)
+        };
+        match prev {
+            NIL => self.oldest = next,
+            p => self.slots[p as usize].next = next,
+        }
+        match next {
+            NIL => self.newest = prev,
+            n => self.slots[n as usize].prev = prev,
+        }
+    }
+
+    fn push_newest(&mut self, i: u32) {
+        let newest = self.newest;
+        {
+            let s = &mut self.slots[i as usize];
+            s.prev = newest;
+            s.next = NIL;
+        }
+        match newest {
+            NIL => self.oldest = i,
+            n => self.slots[n as usize].next = i,
+        }
+        self.newest = i;
+    }
+
+    fn alloc(&mut self, id: ChunkId, len: u32) -> u32 {
+        let slot = Slot {
+            id,
+            len,
+            prev: NIL,
+            next: NIL,
+        };
+        match self.free {
+            NIL => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+            i => {
+                self.free = self.slots[i as usize].next;
+                self.slots[i as usize] = slot;
+                i
+            }
+        }
+    }
+
+    fn release(&mut self, i: u32) {
+        self.slots[i as usize].next = self.free;
+        self.free = i;
     }
 
     /// Marks `chunk` as just used.
     pub fn touch(&mut self, chunk: &ChunkId) {
-        if let Some((_, tick)) = self.entries.get_mut(chunk) {
-            self.by_age.remove(&(*tick, *chunk));
-            self.tick += 1;
-            *tick = self.tick;
-            self.by_age.insert((self.tick, *chunk));
+        if let Some(&i) = self.index.get(chunk) {
+            if i != self.newest {
+                self.unlink(i);
+                self.push_newest(i);
+            }
         }
     }
 
@@ -78,35 +153,50 @@ impl CacheIndex {
         if u64::from(len) > self.config.max_bytes || self.config.max_entries == 0 {
             return vec![chunk];
         }
-        self.tick += 1;
-        self.entries.insert(chunk, (len, self.tick));
-        self.by_age.insert((self.tick, chunk));
+        let i = self.alloc(chunk, len);
+        self.index.insert(chunk, i);
+        self.push_newest(i);
         self.bytes += u64::from(len);
         let mut evicted = Vec::new();
-        while self.bytes > self.config.max_bytes || self.entries.len() > self.config.max_entries {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
+        while self.bytes > self.config.max_bytes || self.index.len() > self.config.max_entries {
+            let oldest = self.oldest;
+            if oldest == NIL {
                 break;
+            }
+            let (id, l) = {
+                let s = &self.slots[oldest as usize];
+                (s.id, s.len)
             };
-            if let Some((l, _)) = self.entries.remove(&oldest) {
+            self.unlink(oldest);
+            self.release(oldest);
+            if self.index.remove(&id).is_some() {
                 self.bytes -= u64::from(l);
             }
-            evicted.push(oldest);
+            evicted.push(id);
         }
         evicted
     }
 
     /// Every chunk held with its length, least recently used first.
     pub fn oldest_first(&self) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
-        self.by_age
-            .iter()
-            .filter_map(|(_, c)| self.entries.get(c).map(|(len, _)| (*c, *len)))
+        let first = (self.oldest != NIL).then_some(self.oldest);
+        std::iter::successors(first, move |&i| {
+            let next = self.slots[i as usize].next;
+            (next != NIL).then_some(next)
+        })
+        .map(move |i| {
+            let s = &self.slots[i as usize];
+            (s.id, s.len)
+        })
     }
 
     /// Forgets `chunk` (the driver deleted it, or it failed verification on read).
     pub fn remove(&mut self, chunk: &ChunkId) -> bool {
-        match self.entries.remove(chunk) {
-            Some((len, tick)) => {
-                self.by_age.remove(&(tick, *chunk));
+        match self.index.remove(chunk) {
+            Some(i) => {
+                let len = self.slots[i as usize].len;
+                self.unlink(i);
+                self.release(i);
                 self.bytes -= u64::from(len);
                 true
             }

@@ -24,6 +24,8 @@ mod announce;
 mod attach;
 mod cache;
 mod config;
+mod idmap;
+mod pool;
 mod scheduler;
 mod server;
 mod stats;
@@ -37,6 +39,7 @@ pub use announce::{AnnounceConfig, AnnouncePlan, Announcer};
 pub use attach::{AttachConfig, Attacher};
 pub use cache::CacheIndex;
 pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
+pub use pool::ManifestPool;
 pub use scheduler::{
     BanReason, FetchScheduler, PeerInfo, SchedulerCommand, SchedulerEvent, SessionStats, Source,
 };
@@ -108,6 +111,13 @@ impl PeerCore {
             next_timeout: Time::NEVER,
             urgent: false,
         }
+    }
+
+    /// Builder: decoded manifests are shared through `pool` with every core given the same
+    /// pool (see [`ManifestPool`]; for a process running many cores, such as the simulator).
+    pub fn with_manifest_pool(mut self, pool: ManifestPool) -> Self {
+        self.scheduler.set_manifest_pool(pool);
+        self
     }
 
     /// The playback side.

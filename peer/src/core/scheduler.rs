@@ -4,17 +4,22 @@
 //! clock so stutters and time-to-first-audio are measured identically in the real client and
 //! in the simulator. It verifies every byte it accepts and bans peers that send bad ones.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
 use shoal_protocol::{
-    ChunkId, Core, Input, Manifest, NodeId, Output, SAMPLE_RATE, Time, TimerSet, TrackId, verify,
+    ChunkId, Core, Input, Manifest, ManifestError, NodeId, Output, SAMPLE_RATE, Time, TimerSet,
+    TrackId, verify,
 };
 
 use super::ChunkMsg;
 use super::cache::CacheIndex;
 use super::config::SchedulerConfig;
+use super::idmap::{IdMap, IdSet};
+use super::pool::ManifestPool;
 use super::stats::{BytesBySource, PlayStats, SourceKind};
 
 /// A holder of a track, as the tracker lookup or the super-peer reports it.
@@ -265,10 +270,11 @@ enum Slot {
 #[derive(Debug)]
 struct TrackFetch {
     track: TrackId,
-    manifest: Option<Manifest>,
-    have: Vec<bool>,
+    /// Shared with the scheduler's manifest cache (one decoded copy per track).
+    manifest: Option<Arc<Manifest>>,
+    have: Have,
     reading: BTreeSet<usize>,
-    not_have: BTreeSet<(usize, NodeId)>,
+    not_have: IdSet<(usize, NodeId)>,
     stats: PlayStats,
     /// Holder lookups asked for so far (the wait before the next one doubles with each).
     peer_lookups: u32,
@@ -276,30 +282,166 @@ struct TrackFetch {
     asked_peers_at: Time,
     /// When they were last asked for (see `relookup_ms`).
     last_peer_lookup: Time,
+    /// The last two chunk indices looked up by position (the play position and the moving
+    /// playback clock): a lookup at either is free, a later one walks on from them.
+    index_memo: Memo2<u64, usize>,
+    /// The last two [`FetchScheduler::contiguous_end`] answers by (position, chunks in):
+    /// chunks only ever come in, so while their count is the same so is the answer.
+    contiguous: Memo2<(u64, usize), u64>,
+}
+
+/// The two most recent answers of a pure function of this fetch (its manifest never changes
+/// once set): the playback clock asks the same questions several times per input.
+#[derive(Debug)]
+struct Memo2<K: Copy, V: Copy> {
+    slots: [Cell<Option<(K, V)>>; 2],
+    last: Cell<usize>,
+}
+
+impl<K: Copy + PartialEq, V: Copy> Memo2<K, V> {
+    fn new() -> Self {
+        Self {
+            slots: [Cell::new(None), Cell::new(None)],
+            last: Cell::new(0),
+        }
+    }
+
+    fn get(&self, key: K) -> Option<V> {
+        for (n, slot) in self.slots.iter().enumerate() {
+            if let Some((k, v)) = slot.get() {
+                if k == key {
+                    self.last.set(n);
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+
+    /// Remembers `key → value` in place of the entry used less recently.
+    fn put(&self, key: K, value: V) {
+        let n = 1 - self.last.get().min(1);
+        self.slots[n].set(Some((key, value)));
+        self.last.set(n);
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.slots.iter().filter_map(Cell::get)
+    }
 }
 
 impl TrackFetch {
-    fn new(track: TrackId, manifest: Option<Manifest>) -> Self {
+    fn new(track: TrackId, manifest: Option<Arc<Manifest>>) -> Self {
         let have = manifest
             .as_ref()
-            .map_or_else(Vec::new, |m| vec![false; m.chunks.len()]);
+            .map_or_else(Have::default, |m| Have::new(m.chunks.len()));
         Self {
             track,
             manifest,
             have,
             reading: BTreeSet::new(),
-            not_have: BTreeSet::new(),
+            not_have: IdSet::default(),
             stats: PlayStats::new(track),
             peer_lookups: 0,
             asked_peers_at: Time::NEVER,
             last_peer_lookup: Time::NEVER,
+            index_memo: Memo2::new(),
+            contiguous: Memo2::new(),
         }
     }
 
-    fn set_manifest(&mut self, m: Manifest) {
+    /// `FetchScheduler::chunk_index(m, pos)` (the chunk playing at `pos`), remembered, or
+    /// walked on from a remembered earlier position when it is a few chunks on. `m` is this
+    /// fetch's manifest: a decoded manifest's chunks are contiguous and never empty, so their
+    /// ends strictly increase and the walk finds what the binary search would.
+    fn index_of(&self, m: &Manifest, pos: u64) -> usize {
+        if let Some(i) = self.index_memo.get(pos) {
+            return i;
+        }
+        let chunks = &m.chunks;
+        let from = self
+            .index_memo
+            .entries()
+            .filter(|(p, _)| *p <= pos)
+            .max_by_key(|(p, _)| *p)
+            .map(|(_, i)| i);
+        let mut i = match from {
+            Some(i) => i.min(chunks.len()),
+            None => FetchScheduler::chunk_index(m, pos),
+        };
+        let mut steps = 0;
+        while i < chunks.len() && chunks[i].end() <= pos {
+            i += 1;
+            steps += 1;
+            if steps > 4 {
+                i = FetchScheduler::chunk_index(m, pos);
+                break;
+            }
+        }
+        self.index_memo.put(pos, i);
+        i
+    }
+
+    fn set_manifest(&mut self, m: Arc<Manifest>) {
         if self.manifest.is_none() {
-            self.have = vec![false; m.chunks.len()];
+            self.have = Have::new(m.chunks.len());
             self.manifest = Some(m);
+        }
+    }
+}
+
+/// Which chunks of a track are in, one bit each: the contiguous run from a position is found a
+/// word at a time (the playback clock asks for it several times per input).
+#[derive(Debug, Default)]
+struct Have {
+    bits: Vec<u64>,
+    len: usize,
+    count: usize,
+}
+
+impl Have {
+    fn new(len: usize) -> Self {
+        Self {
+            bits: vec![0; len.div_ceil(64)],
+            len,
+            count: 0,
+        }
+    }
+
+    /// True when chunk `i` is in (false past the end).
+    fn get(&self, i: usize) -> bool {
+        i < self.len && self.bits[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn set(&mut self, i: usize) {
+        if i < self.len && !self.get(i) {
+            self.bits[i / 64] |= 1 << (i % 64);
+            self.count += 1;
+        }
+    }
+
+    /// True when every chunk is in (also when there are none).
+    fn all(&self) -> bool {
+        self.count == self.len
+    }
+
+    /// The first index at or after `from` whose chunk is missing (`len` if none is).
+    fn first_missing(&self, from: usize) -> usize {
+        if from >= self.len {
+            return from;
+        }
+        let mut w = from / 64;
+        // Ones where chunks are missing, from `from` on.
+        let mut missing = !self.bits[w] & (u64::MAX << (from % 64));
+        loop {
+            if missing != 0 {
+                return (w * 64 + missing.trailing_zeros() as usize).min(self.len);
+            }
+            w += 1;
+            if w >= self.bits.len() {
+                return self.len;
+            }
+            missing = !self.bits[w];
         }
     }
 }
@@ -365,18 +507,22 @@ fn ms_samples(ms: u64) -> u64 {
 pub struct FetchScheduler {
     config: SchedulerConfig,
     origin: Option<NodeId>,
-    nodes: BTreeMap<NodeId, NodeState>,
-    holders: BTreeMap<TrackId, Vec<NodeId>>,
-    banned: BTreeSet<NodeId>,
+    nodes: IdMap<NodeId, NodeState>,
+    holders: IdMap<TrackId, Vec<NodeId>>,
+    banned: IdSet<NodeId>,
     banned_order: VecDeque<NodeId>,
     cache: CacheIndex,
-    manifests: BTreeMap<TrackId, Manifest>,
+    manifests: IdMap<TrackId, Arc<Manifest>>,
     manifest_order: VecDeque<TrackId>,
     fetches: [Option<TrackFetch>; 2],
     play: Option<Playback>,
     queue: VecDeque<TrackId>,
     requests: BTreeMap<ReqKey, Req>,
     next_request: u64,
+    /// Scratch for [`FetchScheduler::window`], kept to spare an allocation per call.
+    window_buf: Vec<(usize, Time)>,
+    /// Decoded manifests shared with other cores, if the driver runs several.
+    pool: Option<ManifestPool>,
     timers: TimerSet<Timer>,
     out: VecDeque<Output<ChunkMsg, SchedulerEvent>>,
     session: SessionStats,
@@ -391,22 +537,42 @@ impl FetchScheduler {
         Self {
             config,
             origin: None,
-            nodes: BTreeMap::new(),
-            holders: BTreeMap::new(),
-            banned: BTreeSet::new(),
+            nodes: IdMap::default(),
+            holders: IdMap::default(),
+            banned: IdSet::default(),
             banned_order: VecDeque::new(),
             cache,
-            manifests: BTreeMap::new(),
+            manifests: IdMap::default(),
             manifest_order: VecDeque::new(),
             fetches: [None, None],
             play: None,
             queue: VecDeque::new(),
             requests: BTreeMap::new(),
             next_request: 1,
+            window_buf: Vec::new(),
+            pool: None,
             timers: TimerSet::new(),
             out: VecDeque::new(),
             session: SessionStats::default(),
             now: Time::ZERO,
+        }
+    }
+
+    /// Shares decoded manifests through `pool` (see [`ManifestPool`]).
+    pub fn set_manifest_pool(&mut self, pool: ManifestPool) {
+        self.pool = Some(pool);
+    }
+
+    /// Decodes `track`'s manifest from `bytes` (already checked to hash to `track`), through
+    /// the pool if there is one.
+    fn decode_manifest(
+        &self,
+        track: TrackId,
+        bytes: &[u8],
+    ) -> Result<Arc<Manifest>, ManifestError> {
+        match &self.pool {
+            Some(pool) => pool.decode(track, bytes),
+            None => Manifest::decode(bytes).map(Arc::new),
         }
     }
 
@@ -490,14 +656,14 @@ impl FetchScheduler {
     fn current_complete(&self) -> bool {
         self.fetches[Slot::Current as usize]
             .as_ref()
-            .is_some_and(|f| f.manifest.is_some() && f.have.iter().all(|h| *h))
+            .is_some_and(|f| f.manifest.is_some() && f.have.all())
     }
 
     fn current_manifest(&self) -> Option<&Manifest> {
         self.fetches[Slot::Current as usize]
             .as_ref()?
             .manifest
-            .as_ref()
+            .as_deref()
     }
 
     fn track_end(m: &Manifest) -> u64 {
@@ -513,15 +679,19 @@ impl FetchScheduler {
     fn contiguous_end(&self, pos: u64) -> Option<u64> {
         let f = self.fetches[Slot::Current as usize].as_ref()?;
         let m = f.manifest.as_ref()?;
-        let first = Self::chunk_index(m, pos);
-        let mut i = first;
-        while i < m.chunks.len() && f.have[i] {
-            i += 1;
+        let key = (pos, f.have.count);
+        if let Some(end) = f.contiguous.get(key) {
+            return Some(end);
         }
-        if i == first {
-            return Some(pos);
-        }
-        Some(m.chunks[i - 1].end().min(Self::track_end(m)).max(pos))
+        let first = f.index_of(m, pos);
+        let i = f.have.first_missing(first).min(m.chunks.len());
+        let end = if i <= first {
+            pos
+        } else {
+            m.chunks[i - 1].end().min(Self::track_end(m)).max(pos)
+        };
+        f.contiguous.put(key, end);
+        Some(end)
     }
 
     fn pos_now(&self, now: Time) -> Option<u64> {
@@ -611,7 +781,7 @@ impl FetchScheduler {
             SchedulerCommand::SetOrigin(o) => self.set_origin(o),
             SchedulerCommand::Manifest { track, bytes } => {
                 if TrackId::of(&bytes) == track {
-                    if let Ok(m) = Manifest::decode(&bytes) {
+                    if let Ok(m) = self.decode_manifest(track, &bytes) {
                         self.remember_manifest(track, m);
                     }
                 } else {
@@ -721,7 +891,9 @@ impl FetchScheduler {
             && self.holders.len() >= self.config.max_tracks_with_peers
         {
             let keep: Vec<TrackId> = self.fetches.iter().flatten().map(|f| f.track).collect();
-            if let Some(victim) = self.holders.keys().find(|t| !keep.contains(t)).copied() {
+            // The smallest id not being fetched (the order the table had as a B-tree).
+            let victim = self.holders.keys().filter(|t| !keep.contains(t)).min();
+            if let Some(victim) = victim.copied() {
                 self.holders.remove(&victim);
             } else {
                 return;
@@ -736,12 +908,14 @@ impl FetchScheduler {
         if self.nodes.len() < self.config.max_known_nodes {
             return true;
         }
-        let listed: BTreeSet<NodeId> = self.holders.values().flatten().copied().collect();
+        let listed: IdSet<NodeId> = self.holders.values().flatten().copied().collect();
+        // The smallest id that can go (the order the table had as a B-tree).
         let victim = self
             .nodes
             .iter()
-            .find(|(n, s)| s.in_flight == 0 && Some(**n) != self.origin && !listed.contains(n))
-            .map(|(n, _)| *n);
+            .filter(|(n, s)| s.in_flight == 0 && Some(**n) != self.origin && !listed.contains(n))
+            .map(|(n, _)| *n)
+            .min();
         match victim {
             Some(v) => {
                 self.nodes.remove(&v);
@@ -751,10 +925,10 @@ impl FetchScheduler {
         }
     }
 
-    fn remember_manifest(&mut self, track: TrackId, m: Manifest) {
+    fn remember_manifest(&mut self, track: TrackId, m: Arc<Manifest>) {
         for f in self.fetches.iter_mut().flatten() {
             if f.track == track {
-                f.set_manifest(m.clone());
+                f.set_manifest(Arc::clone(&m));
             }
         }
         if !self.manifests.contains_key(&track) {
@@ -795,8 +969,8 @@ impl FetchScheduler {
             for i in indices {
                 f.reading.remove(&i);
                 if let Some(b) = &good {
-                    if !f.have[i] {
-                        f.have[i] = true;
+                    if !f.have.get(i) {
+                        f.have.set(i);
                         let len = b.len() as u64;
                         f.stats.bytes_by_source.add(SourceKind::Cache, len);
                         self.session.bytes_by_source.add(SourceKind::Cache, len);
@@ -951,12 +1125,12 @@ impl FetchScheduler {
             return;
         }
         let len = bytes.len() as u64;
-        if f.have[index] {
+        if f.have.get(index) {
             f.stats.duplicate_bytes += len;
             self.session.duplicate_bytes += len;
             return;
         }
-        f.have[index] = true;
+        f.have.set(index);
         f.stats.bytes_by_source.add(source.kind(), len);
         self.session.bytes_by_source.add(source.kind(), len);
         let track = f.track;
@@ -1000,7 +1174,7 @@ impl FetchScheduler {
         for k in others {
             self.cancel_request(k);
         }
-        match Manifest::decode(&bytes) {
+        match self.decode_manifest(track, &bytes) {
             Ok(m) => {
                 self.remember_manifest(track, m);
                 self.emit(SchedulerEvent::ManifestReady { track, bytes });
@@ -1103,10 +1277,9 @@ impl FetchScheduler {
             let Some(pos) = p.pos else {
                 return;
             };
-            let idx = Self::chunk_index(m, pos);
             let have_here = self.fetches[Slot::Current as usize]
                 .as_ref()
-                .is_some_and(|f| f.have.get(idx).copied().unwrap_or(false));
+                .is_some_and(|f| f.have.get(f.index_of(m, pos)));
             let Some(track) = self.current_track() else {
                 return;
             };
@@ -1222,18 +1395,20 @@ impl FetchScheduler {
 
     // ---------------------------------------------------------------- decisions
 
-    /// Chunk indices wanted for `slot`, most urgent first, with the time each is needed.
-    fn window(&self, slot: Slot, now: Time) -> Vec<(usize, Time)> {
+    /// Chunk indices wanted for `slot`, most urgent first, with the time each is needed, in
+    /// `out` (cleared first; a buffer reused across inputs).
+    fn window(&self, slot: Slot, now: Time, out: &mut Vec<(usize, Time)>) {
+        out.clear();
         let Some(f) = self.fetches[slot as usize].as_ref() else {
-            return Vec::new();
+            return;
         };
         let Some(m) = f.manifest.as_ref() else {
-            return Vec::new();
+            return;
         };
         let (pos, span, base) = match slot {
             Slot::Current => {
                 let Some(pos) = self.pos_now(now) else {
-                    return Vec::new();
+                    return;
                 };
                 (pos, ms_samples(self.config.buffer_ahead_ms), now)
             }
@@ -1243,8 +1418,7 @@ impl FetchScheduler {
                 Time::NEVER,
             ),
         };
-        let mut out = Vec::new();
-        let mut i = Self::chunk_index(m, pos);
+        let mut i = f.index_of(m, pos);
         while i < m.chunks.len() && out.len() < self.config.max_chunks_ahead {
             let c = &m.chunks[i];
             if c.start >= pos.saturating_add(span) && !out.is_empty() {
@@ -1258,11 +1432,10 @@ impl FetchScheduler {
             out.push((i, need));
             i += 1;
         }
-        out
     }
 
     fn usable(&self, node: &NodeId, now: Time) -> Option<&NodeState> {
-        if self.banned.contains(node) {
+        if !self.banned.is_empty() && self.banned.contains(node) {
             return None;
         }
         let n = self.nodes.get(node)?;
@@ -1286,7 +1459,9 @@ impl FetchScheduler {
         let list = self.holders.get(&f.track)?;
         let mut best: Option<(NodeId, Time)> = None;
         for node in list {
-            if exclude.contains(node) || f.not_have.contains(&(what_index, *node)) {
+            if exclude.contains(node)
+                || (!f.not_have.is_empty() && f.not_have.contains(&(what_index, *node)))
+            {
                 continue;
             }
             let Some(n) = self.usable(node, now) else {
@@ -1304,8 +1479,10 @@ impl FetchScheduler {
     /// True when some non-banned holder has not said it lacks `index`.
     fn has_holders(&self, f: &TrackFetch, index: usize) -> bool {
         self.holders.get(&f.track).is_some_and(|l| {
-            l.iter()
-                .any(|n| !self.banned.contains(n) && !f.not_have.contains(&(index, *n)))
+            l.iter().any(|n| {
+                (self.banned.is_empty() || !self.banned.contains(n))
+                    && (f.not_have.is_empty() || !f.not_have.contains(&(index, *n)))
+            })
         })
     }
 
@@ -1472,7 +1649,7 @@ impl FetchScheduler {
         let Some(f) = self.fetches[slot as usize].as_ref() else {
             return;
         };
-        if f.have[index] || f.reading.contains(&index) {
+        if f.have.get(index) || f.reading.contains(&index) {
             return;
         }
         let Some(info) = f
@@ -1593,25 +1770,38 @@ impl FetchScheduler {
 
     /// Cancels requests nobody needs any more (seek, stop, skip, queue change).
     fn cancel_unwanted(&mut self, now: Time) {
-        let mut wanted: BTreeSet<(TrackId, What)> = BTreeSet::new();
+        // Per slot: its track, whether its manifest is still wanted, and the chunk indices of
+        // its window (consecutive: `window` walks them in order).
+        let mut wanted: [Option<(TrackId, bool, std::ops::Range<usize>)>; 2] = [None, None];
+        let mut w = std::mem::take(&mut self.window_buf);
         for slot in [Slot::Current, Slot::Next] {
             let Some(f) = self.fetches[slot as usize].as_ref() else {
                 continue;
             };
-            if f.manifest.is_none() {
-                wanted.insert((f.track, What::Manifest));
+            let manifest = f.manifest.is_none();
+            let mut chunks = 0..0;
+            if slot != Slot::Current || self.play.is_some() {
+                self.window(slot, now, &mut w);
+                if let (Some((first, _)), Some((last, _))) = (w.first(), w.last()) {
+                    chunks = *first..*last + 1;
+                }
             }
-            if slot == Slot::Current && self.play.is_none() {
-                continue;
-            }
-            for (i, _) in self.window(slot, now) {
-                wanted.insert((f.track, What::Chunk(i)));
-            }
+            wanted[slot as usize] = Some((f.track, manifest, chunks));
         }
+        self.window_buf = w;
+        let is_wanted = |r: &Req| {
+            wanted.iter().flatten().any(|(track, manifest, chunks)| {
+                *track == r.track
+                    && match r.what {
+                        What::Manifest => *manifest,
+                        What::Chunk(i) => chunks.contains(&i),
+                    }
+            })
+        };
         let stale: Vec<ReqKey> = self
             .requests
             .iter()
-            .filter(|(_, r)| !wanted.contains(&(r.track, r.what)))
+            .filter(|(_, r)| !is_wanted(r))
             .map(|(k, _)| *k)
             .collect();
         for k in stale {
@@ -1627,8 +1817,9 @@ impl FetchScheduler {
         self.ensure_manifest(now, Slot::Current);
         self.advance(now);
         let start_index = self.play.as_ref().and_then(|p| {
-            let m = self.current_manifest()?;
-            Some(Self::chunk_index(m, p.pos?))
+            let f = self.fetches[Slot::Current as usize].as_ref()?;
+            let m = f.manifest.as_deref()?;
+            Some(f.index_of(m, p.pos?))
         });
         let waiting = matches!(
             self.play.as_ref().map(|p| (p.state, p.started_once)),
@@ -1636,14 +1827,16 @@ impl FetchScheduler {
         );
         let mut all_asked = true;
         let starving = self.playback_urgent(now);
+        let mut w = std::mem::take(&mut self.window_buf);
         if self.play.is_some() {
-            for (i, need) in self.window(Slot::Current, now) {
+            self.window(Slot::Current, now, &mut w);
+            for &(i, need) in &w {
                 let hedge =
                     waiting && start_index.is_some_and(|s| i < s + self.config.hedge_start_chunks);
                 self.fetch_chunk(now, Slot::Current, i, need, hedge, starving);
                 let f = self.fetches[0].as_ref();
                 let covered = f.is_some_and(|f| {
-                    f.have[i]
+                    f.have.get(i)
                         || f.reading.contains(&i)
                         || self
                             .requests
@@ -1655,10 +1848,12 @@ impl FetchScheduler {
         }
         if all_asked && self.fetches[Slot::Next as usize].is_some() {
             self.ensure_manifest(now, Slot::Next);
-            for (i, need) in self.window(Slot::Next, now) {
+            self.window(Slot::Next, now, &mut w);
+            for &(i, need) in &w {
                 self.fetch_chunk(now, Slot::Next, i, need, false, false);
             }
         }
+        self.window_buf = w;
     }
 
     fn update_prefetch(&mut self, now: Time) {

@@ -5,7 +5,7 @@
 //! ([`ServerCommand::Loaded`]), and they are verified again here so a corrupt cache file is
 //! never served.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
@@ -13,6 +13,7 @@ use shoal_protocol::{ChunkId, Core, Input, NodeId, Output, Time, TimerSet, Track
 
 use super::ChunkMsg;
 use super::config::ServerConfig;
+use super::idmap::IdMap;
 
 /// A token bucket in bytes: `rate` bytes/s refill up to `burst`.
 #[derive(Debug, Clone)]
@@ -176,10 +177,10 @@ struct Upload {
 #[derive(Debug)]
 pub struct ChunkServer {
     config: ServerConfig,
-    held: BTreeMap<ChunkId, u32>,
-    tracks: BTreeMap<TrackId, Vec<ChunkId>>,
+    held: IdMap<ChunkId, u32>,
+    tracks: IdMap<TrackId, Vec<ChunkId>>,
     bucket: TokenBucket,
-    uploads: BTreeMap<(NodeId, u64), Upload>,
+    uploads: IdMap<(NodeId, u64), Upload>,
     slot_timers: TimerSet<(NodeId, u64)>,
     urgent: bool,
     out: VecDeque<Output<ChunkMsg, ServerEvent>>,
@@ -197,10 +198,10 @@ impl ChunkServer {
         let bucket = TokenBucket::new(config.effective_burst(), Time::ZERO);
         Self {
             config,
-            held: BTreeMap::new(),
-            tracks: BTreeMap::new(),
+            held: IdMap::default(),
+            tracks: IdMap::default(),
             bucket,
-            uploads: BTreeMap::new(),
+            uploads: IdMap::default(),
             slot_timers: TimerSet::new(),
             urgent: false,
             out: VecDeque::new(),

@@ -104,7 +104,7 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// How long playback may get no data at all before `play` gives up.
+/// How long playback may stand still with no data arriving before `play` gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Plays `what` (ids or search words) over the network. Returns each play's statistics and
@@ -190,7 +190,10 @@ pub async fn play_on(
     let mut finished: Vec<(PlayStats, u64, u64)> = Vec::new();
     let (mut transport_seen, mut transport_now) = ((0u64, 0u64), (0u64, 0u64));
     let mut stopping = false;
-    let mut last_data = Instant::now();
+    // Liveness: a chunk arrived or playback moved. With 30 s buffered, nothing may need
+    // fetching for a while (chunks due later can wait on a slow peer until they are urgent).
+    let mut last_progress = Instant::now();
+    let mut last_position = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut failure = None;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -204,7 +207,7 @@ pub async fn play_on(
                     player.manifest(track, manifest);
                 }
                 Some(NodeEvent::Chunk { track, index, bytes }) => {
-                    last_data = Instant::now();
+                    last_progress = Instant::now();
                     player.chunk(track, index, bytes);
                 }
                 Some(NodeEvent::PlayStarted { track, time_to_first_audio_ms: Some(ms) }) => {
@@ -259,9 +262,13 @@ pub async fn play_on(
                     stopping = true;
                     node.command(SchedulerCommand::Stop).await;
                 }
-                if !stopping && last_data.elapsed() > STALL_LIMIT {
+                if s.position_ms != last_position {
+                    last_position = s.position_ms;
+                    last_progress = Instant::now();
+                }
+                if !stopping && last_progress.elapsed() > STALL_LIMIT {
                     failure = Some(format!(
-                        "no data for {} s: neither peers nor the origin answer",
+                        "stalled for {} s with no data: neither peers nor the origin answer",
                         STALL_LIMIT.as_secs()
                     ));
                     stopping = true;

@@ -807,6 +807,26 @@ fn playing_without_known_holders_asks_the_driver_for_them() {
     assert_eq!(stats.bytes_by_source.origin, t.manifest.total_bytes());
 }
 
+/// When the listener asked for `track`'s holders.
+fn lookup_times(net: &Net, track: TrackId) -> Vec<Time> {
+    net.events(n(LISTENER))
+        .filter(|(_, e)| **e == SchedulerEvent::NeedPeers(track))
+        .map(|(at, _)| at)
+        .collect()
+}
+
+/// The lookup of `track` answered at `at`: nobody holds it.
+fn answer_nobody(net: &mut Net, at: Time, track: TrackId) {
+    net.command_at(
+        at,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track,
+            peers: Vec::new(),
+        },
+    );
+}
+
 #[test]
 fn an_empty_lookup_answer_is_asked_again_and_later_holders_are_used() {
     // When first asked, the tracker had not heard of the holder yet (its super-peer batches
@@ -815,22 +835,10 @@ fn an_empty_lookup_answer_is_asked_again_and_later_holders_are_used() {
     let mut net = setup(&[&t], 40, true);
     add_peer(&mut net, 2, 1e6, 10, &[&t]);
     play(&mut net, Time::ZERO, t.id);
-    let lookups = |net: &Net| -> Vec<Time> {
-        net.events(n(LISTENER))
-            .filter(|(_, e)| **e == SchedulerEvent::NeedPeers(t.id))
-            .map(|(at, _)| at)
-            .collect()
-    };
+    let lookups = |net: &Net| lookup_times(net, t.id);
     net.run_until(Time::from_millis(100), |_| false);
     assert_eq!(lookups(&net).len(), 1, "asked once at the start");
-    net.command_at(
-        Time::from_millis(100),
-        n(LISTENER),
-        SchedulerCommand::Peers {
-            track: t.id,
-            peers: Vec::new(),
-        },
-    );
+    answer_nobody(&mut net, Time::from_millis(100), t.id);
     net.run_until(secs(60), |net| lookups(net).len() >= 2);
     let asked = lookups(&net);
     assert_eq!(asked.len(), 2, "an empty answer is asked again");
@@ -864,12 +872,7 @@ fn lookups_of_a_track_nobody_holds_back_off() {
     let mut net = setup(&[&t], 40, true);
     play(&mut net, Time::ZERO, t.id);
     // Every lookup is answered at once with nobody.
-    let lookups = |net: &Net| -> Vec<Time> {
-        net.events(n(LISTENER))
-            .filter(|(_, e)| **e == SchedulerEvent::NeedPeers(t.id))
-            .map(|(at, _)| at)
-            .collect()
-    };
+    let lookups = |net: &Net| lookup_times(net, t.id);
     let mut answered = 0;
     while net.finished(n(LISTENER)).is_empty() {
         net.run_until(secs(400), |net| {
@@ -880,14 +883,7 @@ fn lookups_of_a_track_nobody_holds_back_off() {
             break;
         }
         for at in &asked[answered..] {
-            net.command_at(
-                *at,
-                n(LISTENER),
-                SchedulerCommand::Peers {
-                    track: t.id,
-                    peers: Vec::new(),
-                },
-            );
+            answer_nobody(&mut net, *at, t.id);
         }
         answered = asked.len();
     }

@@ -1108,8 +1108,8 @@ impl Driver {
         }
     }
 
-    /// A reservation is being set up: lookups and announces wait for its outcome (under a
-    /// second at start), so they go to the right place with the right addresses.
+    /// The attachment is being decided or set up: lookups and announces wait for its outcome
+    /// (under a second at start), so they go to the right place with the right addresses.
     fn attaching(&self) -> bool {
         self.attacher.settling(self.now())
     }

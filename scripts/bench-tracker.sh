@@ -8,6 +8,7 @@
 # wrk cycles through $CHUNKS distinct chunk URLs, $CONNS connections, $SECS s per run (after a
 # 2 s warm-up), $REPS runs per server alternating, best run reported. The server's CPU time
 # during each run is read from /proc, so a client-bound run shows up as < 100 % server CPU.
+# HOT_CACHE_BYTES overrides Shoal's in-memory cache of verified chunks (0 = off: the cold path).
 # Prints a Markdown table for BENCHMARKS.md. Needs: nginx, wrk, curl, singularity-music.
 # Traffic goes to 127.0.0.1 only.
 set -euo pipefail
@@ -83,6 +84,10 @@ first=/chunks/$(basename "${chunk_files[0]}")
 
 # --- Shoal.
 printf '[http]\nrequests_per_sec = 1e9\nburst = 1e9\n' >"$work/tracker.toml"
+# HOT_CACHE_BYTES=0 measures the cold path: every request reads and re-verifies the file.
+if [ -n "${HOT_CACHE_BYTES:-}" ]; then
+  printf 'hot_cache_bytes = %s\n' "$HOT_CACHE_BYTES" >>"$work/tracker.toml"
+fi
 RUST_LOG=warn taskset -c "$SERVER_CPU" "$BIN" serve --config "$work/tracker.toml" --data "$data" \
   --http 127.0.0.1:0 >"$work/shoal.out" 2>"$work/shoal.err" &
 shoal_pid=$!

@@ -211,6 +211,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(b) = config.http.burst {
                 limits.burst = b;
             }
+            if let Some(b) = config.http.hot_cache_bytes {
+                limits.hot_cache_bytes = b;
+            }
             serve(opened, addr, limits, p2p_config).await?;
             Ok(ExitCode::SUCCESS)
         }

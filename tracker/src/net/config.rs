@@ -39,6 +39,9 @@ pub struct HttpConfig {
     pub requests_per_sec: Option<f64>,
     /// Requests one client IP may make in a burst; default 1000.
     pub burst: Option<f64>,
+    /// Memory for recently served, already verified chunks, in bytes; default 64 MiB
+    /// (67108864), 0 disables it. A hit skips the disk read and the hash check.
+    pub hot_cache_bytes: Option<usize>,
 }
 
 /// `[import]` section.
@@ -121,5 +124,10 @@ mod tests {
         let c = TrackerConfig::load(&p).unwrap();
         assert_eq!(c.data, Some(PathBuf::from("/music")));
         assert_eq!(c.import.complexity, Some(5));
+        std::fs::write(&p, "[http]\nhot_cache_bytes = 0\n").unwrap();
+        assert_eq!(
+            TrackerConfig::load(&p).unwrap().http.hot_cache_bytes,
+            Some(0)
+        );
     }
 }

@@ -72,6 +72,10 @@ pub trait OriginStore: Send + Sync {
 
 impl OriginStore for LocalStore {
     async fn get_chunk(&self, id: &ChunkId) -> Result<Bytes, OriginError> {
+        #[cfg(target_os = "linux")]
+        if let Some(read) = self.get_chunk_if_cached(id) {
+            return Ok(Bytes::from(read?));
+        }
         let store = self.clone();
         let id = *id;
         let bytes = tokio::task::spawn_blocking(move || store.get_chunk(&id))

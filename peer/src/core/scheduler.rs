@@ -87,6 +87,10 @@ pub enum SchedulerCommand {
         chunk: ChunkId,
         /// Its bytes, if the file was there.
         bytes: Option<Vec<u8>>,
+        /// True when the driver checked `bytes` against `chunk` on this very read (the
+        /// client's disk cache verifies every file it reads): the core then does not hash
+        /// them again. False makes the core verify them.
+        verified: bool,
     },
 }
 
@@ -796,7 +800,11 @@ impl FetchScheduler {
             SchedulerCommand::CacheRemoved(chunk) => {
                 self.cache.remove(&chunk);
             }
-            SchedulerCommand::CacheData { chunk, bytes } => self.on_cache_data(chunk, bytes),
+            SchedulerCommand::CacheData {
+                chunk,
+                bytes,
+                verified,
+            } => self.on_cache_data(chunk, bytes, verified),
         }
     }
 
@@ -943,8 +951,8 @@ impl FetchScheduler {
         self.resolve_position();
     }
 
-    fn on_cache_data(&mut self, chunk: ChunkId, bytes: Option<Vec<u8>>) {
-        let good = bytes.filter(|b| verify(b, &chunk).is_ok());
+    fn on_cache_data(&mut self, chunk: ChunkId, bytes: Option<Vec<u8>>, verified: bool) {
+        let good = bytes.filter(|b| verified || verify(b, &chunk).is_ok());
         if good.is_none() {
             // Missing or corrupt on disk: never play it, never serve it; fetch it elsewhere.
             if self.cache.remove(&chunk) {
@@ -1690,15 +1698,15 @@ impl FetchScheduler {
             return;
         }
         let exclude: Vec<NodeId> = asked.iter().map(|(k, _, _)| k.0).collect();
-        let peer = self.best_peer(f, index, len, &exclude, now);
-        let origin = self.origin_candidate(&exclude, len, now);
-        let holders = self.has_holders(f, index);
         // `set_peers` records every answer, even an empty one; an answer that takes too long
         // counts as empty.
         let lookup_answered = self.holders.contains_key(&track)
             || now.saturating_since(f.asked_peers_at)
                 >= SchedulerConfig::ms(self.config.lookup_wait_ms);
         if asked.is_empty() {
+            let peer = self.best_peer(f, index, len, &exclude, now);
+            let origin = self.origin_candidate(&exclude, len, now);
+            let holders = self.has_holders(f, index);
             if !holders {
                 self.maybe_need_peers(slot);
             }
@@ -1740,7 +1748,9 @@ impl FetchScheduler {
             }
             return;
         }
-        // Already asked: add a source only if the ones asked will not make it.
+        // Already asked (most chunks of the window, most of the time): add a source only if
+        // the ones asked will not make it. Candidates are ranked only then: ranking every
+        // holder for every chunk on every input was a sixth of the simulator's time.
         let origin_asked = self.origin.is_some_and(|o| exclude.contains(&o));
         let best_expected = asked
             .iter()
@@ -1750,18 +1760,18 @@ impl FetchScheduler {
         // Less than `late_slack_ms` to spare counts as late here too.
         let margin = SchedulerConfig::ms(self.config.late_slack_ms);
         if urgent && !origin_asked && best_expected + margin > need {
-            if let Some((o, _)) = origin {
+            if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
                 self.issue(now, o, track, What::Chunk(index), len);
                 return;
             }
         }
         if asked.iter().all(|(_, late, _)| *late) {
             // Every request for it is late: try another peer that would beat them.
-            if let Some((p, pt)) = peer.filter(|(_, pt)| *pt < best_expected) {
-                let _ = pt;
+            let peer = self.best_peer(f, index, len, &exclude, now);
+            if let Some((p, _)) = peer.filter(|(_, pt)| *pt < best_expected) {
                 self.issue(now, p, track, What::Chunk(index), len);
-            } else if !holders && lookup_answered && !origin_asked {
-                if let Some((o, _)) = origin {
+            } else if !self.has_holders(f, index) && lookup_answered && !origin_asked {
+                if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
                     self.issue(now, o, track, What::Chunk(index), len);
                 }
             }

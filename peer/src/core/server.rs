@@ -2,8 +2,8 @@
 //! holds, within an upload token bucket and a cap on concurrent uploads, and throttles itself
 //! while our own playback is short of data. It decides serve / busy / not-have; the driver only
 //! reads the bytes it is told to ([`ServerEvent::Load`]) and hands them back
-//! ([`ServerCommand::Loaded`]), and they are verified again here so a corrupt cache file is
-//! never served.
+//! ([`ServerCommand::Loaded`]), and they are verified here, unless the driver says it did so on
+//! that read, so a corrupt cache file is never served.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -103,6 +103,10 @@ pub enum ServerCommand {
         request: u64,
         /// The bytes.
         bytes: Option<Vec<u8>>,
+        /// True when the driver checked `bytes` against the item's id on this very read (the
+        /// client's disk cache verifies every chunk it reads): the core then does not hash
+        /// them again. False makes the core verify them.
+        verified: bool,
     },
     /// The driver finished sending the response to (`to`, `request`): its upload slot is free.
     Sent {
@@ -340,7 +344,7 @@ impl ChunkServer {
         }
     }
 
-    fn on_loaded(&mut self, to: NodeId, request: u64, bytes: Option<Vec<u8>>) {
+    fn on_loaded(&mut self, to: NodeId, request: u64, bytes: Option<Vec<u8>>, verified: bool) {
         let Some(u) = self.uploads.get_mut(&(to, request)) else {
             return; // cancelled meanwhile
         };
@@ -348,9 +352,12 @@ impl ChunkServer {
             return;
         }
         let item = u.item;
-        let ok = bytes.filter(|b| match item {
-            Item::Chunk(id) => verify(b, &id).is_ok(),
-            Item::Manifest(track) => TrackId::of(b) == track,
+        let ok = bytes.filter(|b| {
+            verified
+                || match item {
+                    Item::Chunk(id) => verify(b, &id).is_ok(),
+                    Item::Manifest(track) => TrackId::of(b) == track,
+                }
         });
         let Some(bytes) = ok else {
             self.uploads.remove(&(to, request));
@@ -401,7 +408,12 @@ impl ChunkServer {
             ServerCommand::DropTrack(track) => {
                 self.tracks.remove(&track);
             }
-            ServerCommand::Loaded { to, request, bytes } => self.on_loaded(to, request, bytes),
+            ServerCommand::Loaded {
+                to,
+                request,
+                bytes,
+                verified,
+            } => self.on_loaded(to, request, bytes, verified),
             ServerCommand::Sent { to, request } => {
                 if self.uploads.remove(&(to, request)).is_some() {
                     self.slot_timers.cancel(&(to, request));

@@ -368,9 +368,11 @@ impl Net {
                     .nodes
                     .get(&id)
                     .and_then(|n| n.chunks.get(chunk).cloned());
+                // Tests corrupt these maps on purpose: the core must check.
                 let c = SchedulerCommand::CacheData {
                     chunk: *chunk,
                     bytes,
+                    verified: false,
                 };
                 self.command_at(now + disk, id, c);
             }
@@ -404,6 +406,7 @@ impl Net {
                     to: *to,
                     request: *request,
                     bytes,
+                    verified: false,
                 };
                 self.server_command_at(now + disk, id, c);
             }

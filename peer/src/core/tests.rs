@@ -440,6 +440,7 @@ fn upload_is_capped_by_the_token_bucket() {
                             to,
                             request,
                             bytes: Some(t.chunks[i].clone()),
+                            verified: false,
                         }),
                     );
                 }

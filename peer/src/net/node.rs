@@ -1005,14 +1005,16 @@ impl Driver {
         match e {
             PeerEvent::Fetch(e) => self.on_fetch_event(e),
             PeerEvent::Serve(ServerEvent::Load { to, request, item }) => {
-                let bytes = match item {
-                    crate::core::Item::Chunk(c) => self.cache.get_chunk(&c),
-                    crate::core::Item::Manifest(t) => self.cache.manifest_bytes(&t),
+                // `DiskCache::get_chunk` verifies what it returns; manifests are re-read raw.
+                let (bytes, verified) = match item {
+                    crate::core::Item::Chunk(c) => (self.cache.get_chunk(&c), true),
+                    crate::core::Item::Manifest(t) => (self.cache.manifest_bytes(&t), false),
                 };
                 self.input(Input::Command(PeerCommand::Serve(ServerCommand::Loaded {
                     to,
                     request,
                     bytes,
+                    verified,
                 })));
             }
             PeerEvent::Serve(ServerEvent::Corrupt(item)) => {
@@ -1031,8 +1033,13 @@ impl Driver {
     fn on_fetch_event(&mut self, e: SchedulerEvent) {
         match e {
             SchedulerEvent::ReadCache { chunk, .. } => {
+                // `DiskCache::get_chunk` verifies what it returns.
                 let bytes = self.cache.get_chunk(&chunk);
-                self.command(SchedulerCommand::CacheData { chunk, bytes });
+                self.command(SchedulerCommand::CacheData {
+                    chunk,
+                    bytes,
+                    verified: true,
+                });
             }
             SchedulerEvent::ChunkReady {
                 track,

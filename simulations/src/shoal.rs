@@ -1017,12 +1017,14 @@ impl Cores for ShoalCores {
                 };
                 self.origin_tracks[pos].insert(*track);
                 let t = self.catalog.track(index);
-                to_receiver.push(Feedback::Command(PeerCommand::Serve(
-                    ServerCommand::Track {
-                        track: t.id,
-                        chunks: t.chunks.iter().map(|c| c.id).collect(),
-                    },
-                )));
+                if let Ok(m) = shoal_protocol::Manifest::decode(&t.manifest) {
+                    to_receiver.push(Feedback::Command(PeerCommand::Serve(
+                        ServerCommand::Track {
+                            track: t.id,
+                            manifest: std::sync::Arc::new(m),
+                        },
+                    )));
+                }
                 for c in &t.chunks {
                     to_receiver.push(Feedback::Command(PeerCommand::Serve(ServerCommand::Hold {
                         chunk: c.id,
@@ -1219,7 +1221,7 @@ mod tests {
         assert!(cores.peers[0].disk.is_empty());
         // Manifests of held tracks are back too: the server answers for them.
         let t = cores.catalog.track(6);
-        assert!(again.server().holds(&t.chunks[0].id));
+        assert!(again.serves(&t.chunks[0].id));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
+use std::hash::Hasher;
+
+use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
 
 use super::config::CacheConfig;
-use super::idmap::IdMap;
+use super::idmap::IdHasher;
 
 /// No slot.
 const NIL: u32 = u32::MAX;
@@ -27,8 +30,9 @@ struct Slot {
 #[derive(Debug, Clone)]
 pub struct CacheIndex {
     config: CacheConfig,
-    /// Chunk → its slot.
-    index: IdMap<ChunkId, u32>,
+    /// Slot numbers, hashed by their slot's chunk id: the id is stored once, in the slot (a
+    /// map keyed by the id would store it twice; a simulated listener caches thousands).
+    index: HashTable<u32>,
     slots: Vec<Slot>,
     /// First free slot (linked by `next`).
     free: u32,
@@ -44,7 +48,7 @@ impl CacheIndex {
     pub fn new(config: CacheConfig) -> Self {
         Self {
             config,
-            index: IdMap::default(),
+            index: HashTable::new(),
             slots: Vec::new(),
             free: NIL,
             oldest: NIL,
@@ -53,14 +57,37 @@ impl CacheIndex {
         }
     }
 
+    fn hash(chunk: &ChunkId) -> u64 {
+        let mut h = IdHasher::default();
+        h.write(chunk.as_bytes());
+        h.finish()
+    }
+
+    /// The slot holding `chunk`.
+    fn slot_of(&self, chunk: &ChunkId) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(Self::hash(chunk), |&i| slots[i as usize].id == *chunk)
+            .copied()
+    }
+
+    /// Takes `chunk` out of the index; its slot, if it had one.
+    fn unindex(&mut self, chunk: &ChunkId) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find_entry(Self::hash(chunk), |&i| slots[i as usize].id == *chunk)
+            .ok()
+            .map(|e| e.remove().0)
+    }
+
     /// True when the cache holds `chunk`.
     pub fn contains(&self, chunk: &ChunkId) -> bool {
-        self.index.contains_key(chunk)
+        self.slot_of(chunk).is_some()
     }
 
     /// Byte length of `chunk` if held.
     pub fn len_of(&self, chunk: &ChunkId) -> Option<u32> {
-        self.index.get(chunk).map(|&i| self.slots[i as usize].len)
+        self.slot_of(chunk).map(|i| self.slots[i as usize].len)
     }
 
     /// Bytes held.
@@ -134,7 +161,7 @@ impl CacheIndex {
 
     /// Marks `chunk` as just used.
     pub fn touch(&mut self, chunk: &ChunkId) {
-        if let Some(&i) = self.index.get(chunk) {
+        if let Some(i) = self.slot_of(chunk) {
             if i != self.newest {
                 self.unlink(i);
                 self.push_newest(i);
@@ -154,7 +181,10 @@ impl CacheIndex {
             return vec![chunk];
         }
         let i = self.alloc(chunk, len);
-        self.index.insert(chunk, i);
+        let slots = &self.slots;
+        self.index.insert_unique(Self::hash(&chunk), i, |&j| {
+            Self::hash(&slots[j as usize].id)
+        });
         self.push_newest(i);
         self.bytes += u64::from(len);
         let mut evicted = Vec::new();
@@ -167,9 +197,11 @@ impl CacheIndex {
                 let s = &self.slots[oldest as usize];
                 (s.id, s.len)
             };
+            // Out of the index first: finding it there needs its id still in the slot.
+            let indexed = self.unindex(&id).is_some();
             self.unlink(oldest);
             self.release(oldest);
-            if self.index.remove(&id).is_some() {
+            if indexed {
                 self.bytes -= u64::from(l);
             }
             evicted.push(id);
@@ -192,7 +224,7 @@ impl CacheIndex {
 
     /// Forgets `chunk` (the driver deleted it, or it failed verification on read).
     pub fn remove(&mut self, chunk: &ChunkId) -> bool {
-        match self.index.remove(chunk) {
+        match self.unindex(chunk) {
             Some(i) => {
                 let len = self.slots[i as usize].len;
                 self.unlink(i);
@@ -242,5 +274,78 @@ mod tests {
         c.insert(id(2), 1);
         assert_eq!(c.insert(id(3), 1), vec![id(1)]);
         assert_eq!(c.len(), 2);
+    }
+
+    /// A plain list kept least recently used first: what the index must agree with.
+    #[derive(Default)]
+    struct ModelLru(Vec<(ChunkId, u32)>);
+
+    impl ModelLru {
+        fn pos(&self, c: &ChunkId) -> Option<usize> {
+            self.0.iter().position(|(x, _)| x == c)
+        }
+        fn touch(&mut self, c: &ChunkId) {
+            if let Some(p) = self.pos(c) {
+                let e = self.0.remove(p);
+                self.0.push(e);
+            }
+        }
+        fn insert(&mut self, config: &CacheConfig, c: ChunkId, len: u32) -> Vec<ChunkId> {
+            if self.pos(&c).is_some() {
+                self.touch(&c);
+                return Vec::new();
+            }
+            if u64::from(len) > config.max_bytes || config.max_entries == 0 {
+                return vec![c];
+            }
+            self.0.push((c, len));
+            let mut out = Vec::new();
+            while self.0.iter().map(|(_, l)| u64::from(*l)).sum::<u64>() > config.max_bytes
+                || self.0.len() > config.max_entries
+            {
+                out.push(self.0.remove(0).0);
+            }
+            out
+        }
+        fn remove(&mut self, c: &ChunkId) -> bool {
+            self.pos(c).map(|p| self.0.remove(p)).is_some()
+        }
+    }
+
+    proptest::proptest! {
+        /// Random inserts, touches and removes over a few ids (so they collide and recur):
+        /// same evictions, same contents, lengths and LRU order as the plain list.
+        #[test]
+        fn agrees_with_a_plain_lru_list(
+            ops in proptest::collection::vec((0u8..3, 0u8..24, 1u32..120), 0..300),
+            max_bytes in 1u64..1000,
+            max_entries in 0usize..12,
+        ) {
+            let config = CacheConfig { max_bytes, max_entries };
+            let mut c = CacheIndex::new(config.clone());
+            let mut m = ModelLru::default();
+            for (op, i, len) in ops {
+                match op {
+                    0 => proptest::prop_assert_eq!(
+                        c.insert(id(i), len),
+                        m.insert(&config, id(i), len)
+                    ),
+                    1 => {
+                        c.touch(&id(i));
+                        m.touch(&id(i));
+                    }
+                    _ => proptest::prop_assert_eq!(c.remove(&id(i)), m.remove(&id(i))),
+                }
+                let order: Vec<_> = c.oldest_first().collect();
+                proptest::prop_assert_eq!(&order, &m.0);
+                proptest::prop_assert_eq!(c.len(), m.0.len());
+                for j in 0..24 {
+                    let want = m.pos(&id(j)).map(|p| m.0[p].1);
+                    proptest::prop_assert_eq!(c.len_of(&id(j)), want);
+                }
+                let bytes: u64 = m.0.iter().map(|(_, l)| u64::from(*l)).sum();
+                proptest::prop_assert_eq!(c.bytes(), bytes);
+            }
+        }
     }
 }

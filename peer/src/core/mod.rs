@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
-use shoal_protocol::{Core, Input, Output, Time};
+use shoal_protocol::{ChunkId, Core, Input, Output, Time};
 
 mod announce;
 mod attach;
@@ -89,9 +89,10 @@ pub enum PeerEvent {
 /// A listener's whole core: a [`FetchScheduler`] and a [`ChunkServer`] sharing one cache.
 ///
 /// Routing: responses go to the scheduler, requests to the server, timeouts and connection
-/// events to both. Chunks the scheduler stores in (or evicts from) the cache become servable
-/// (or stop being servable) at once, and cache commands (`CacheHas`, `CacheRemoved`,
-/// `Manifest`) reach both sides, so the driver reports each fact once.
+/// events to both. The server answers chunk requests from the scheduler's cache index, so a
+/// chunk the scheduler stores in (or evicts from) the cache is servable (or not) at once and
+/// each cached chunk is listed once; manifests reach the server as the scheduler's shared
+/// copy. The driver reports each fact once.
 #[derive(Debug)]
 pub struct PeerCore {
     scheduler: FetchScheduler,
@@ -130,6 +131,11 @@ impl PeerCore {
         &self.server
     }
 
+    /// True when `chunk` is servable: the cache index holds it.
+    pub fn serves(&self, chunk: &ChunkId) -> bool {
+        self.scheduler.cache().contains(chunk)
+    }
+
     fn drain(&mut self, now: Time) {
         let mut mirror = Vec::new();
         let sched_wake = loop {
@@ -137,26 +143,15 @@ impl PeerCore {
                 Output::Timeout(t) => break t,
                 Output::Send { to, msg } => self.out.push_back(Output::Send { to, msg }),
                 Output::Event(e) => {
-                    match &e {
-                        SchedulerEvent::ChunkReady {
-                            chunk,
-                            bytes,
-                            store: true,
-                            ..
-                        } => mirror.push(ServerCommand::Hold {
-                            chunk: *chunk,
-                            len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-                        }),
-                        SchedulerEvent::Evict(chunk) => mirror.push(ServerCommand::Drop(*chunk)),
-                        SchedulerEvent::ManifestReady { track, bytes } => {
-                            if let Ok(m) = shoal_protocol::Manifest::decode(bytes) {
-                                mirror.push(ServerCommand::Track {
-                                    track: *track,
-                                    chunks: m.chunks.iter().map(|c| c.id).collect(),
-                                });
-                            }
+                    // What the cache holds the server reads from the scheduler's index at
+                    // each request; manifests it is told, sharing the scheduler's copy.
+                    if let SchedulerEvent::ManifestReady { track, bytes } = &e {
+                        if let Ok(manifest) = self.scheduler.decode_manifest(*track, bytes) {
+                            mirror.push(ServerCommand::Track {
+                                track: *track,
+                                manifest,
+                            });
                         }
-                        _ => {}
                     }
                     self.out.push_back(Output::Event(PeerEvent::Fetch(e)));
                 }
@@ -190,8 +185,12 @@ impl Core for PeerCore {
         match input {
             Input::Message {
                 from,
-                msg: msg @ ChunkMsg::Request(_),
-            } => self.server.handle_input(now, Input::Message { from, msg }),
+                msg: ChunkMsg::Request(req),
+            } => {
+                let cache = self.scheduler.cache();
+                self.server
+                    .handle_request_from(now, from, req, |c| cache.len_of(c));
+            }
             Input::Message {
                 from,
                 msg: msg @ ChunkMsg::Response(_),
@@ -212,18 +211,15 @@ impl Core for PeerCore {
             }
             Input::Command(PeerCommand::Fetch(c)) => {
                 let mirror = match &c {
-                    SchedulerCommand::CacheHas { chunk, len } => Some(ServerCommand::Hold {
-                        chunk: *chunk,
-                        len: *len,
-                    }),
-                    SchedulerCommand::CacheRemoved(chunk) => Some(ServerCommand::Drop(*chunk)),
-                    SchedulerCommand::Manifest { track, bytes } => {
-                        shoal_protocol::Manifest::decode(bytes)
+                    SchedulerCommand::Manifest { track, bytes }
+                        if shoal_protocol::TrackId::of(bytes) == *track =>
+                    {
+                        self.scheduler
+                            .decode_manifest(*track, bytes)
                             .ok()
-                            .filter(|_| shoal_protocol::TrackId::of(bytes) == *track)
-                            .map(|m| ServerCommand::Track {
+                            .map(|manifest| ServerCommand::Track {
                                 track: *track,
-                                chunks: m.chunks.iter().map(|c| c.id).collect(),
+                                manifest,
                             })
                     }
                     _ => None,

@@ -569,7 +569,9 @@ impl FetchScheduler {
 
     /// Decodes `track`'s manifest from `bytes` (already checked to hash to `track`), through
     /// the pool if there is one.
-    fn decode_manifest(
+    /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):
+    /// through the pool when there is one, so every core shares one copy.
+    pub(crate) fn decode_manifest(
         &self,
         track: TrackId,
         bytes: &[u8],

@@ -6,10 +6,13 @@
 //! that read, so a corrupt cache file is never served.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
-use shoal_protocol::{ChunkId, Core, Input, NodeId, Output, Time, TimerSet, TrackId, verify};
+use shoal_protocol::{
+    ChunkId, Core, Input, Manifest, NodeId, Output, Time, TimerSet, TrackId, verify,
+};
 
 use super::ChunkMsg;
 use super::config::ServerConfig;
@@ -85,13 +88,14 @@ pub enum ServerCommand {
     },
     /// The cache no longer holds `chunk`.
     Drop(ChunkId),
-    /// The cache holds `track`'s manifest, whose chunks are `chunks` in order (for
-    /// `GetManifest` and `QueryHave`).
+    /// The cache holds `track`'s manifest (for `GetManifest`, and its chunk list for
+    /// `QueryHave`). Shared, not copied: a process running many cores hands them all the same
+    /// decoded manifest (see [`super::ManifestPool`]).
     Track {
         /// The track.
         track: TrackId,
-        /// Its chunk ids in manifest order.
-        chunks: Vec<ChunkId>,
+        /// Its decoded manifest.
+        manifest: Arc<Manifest>,
     },
     /// The cache dropped `track`'s manifest.
     DropTrack(TrackId),
@@ -182,7 +186,7 @@ struct Upload {
 pub struct ChunkServer {
     config: ServerConfig,
     held: IdMap<ChunkId, u32>,
-    tracks: IdMap<TrackId, Vec<ChunkId>>,
+    tracks: IdMap<TrackId, Arc<Manifest>>,
     bucket: TokenBucket,
     uploads: IdMap<(NodeId, u64), Upload>,
     slot_timers: TimerSet<(NodeId, u64)>,
@@ -224,9 +228,26 @@ impl ChunkServer {
         self.uploads.len()
     }
 
-    /// True when `chunk` is servable.
+    /// True when `chunk` is in the server's own table of servable chunks (`Hold`/`Drop`).
     pub fn holds(&self, chunk: &ChunkId) -> bool {
         self.held.contains_key(chunk)
+    }
+
+    /// Handles a request from `from` as [`Core::handle_input`] does, except that `held`
+    /// gives which chunks are servable and their lengths instead of the server's own table,
+    /// which it leaves untouched. [`super::PeerCore`] answers from its scheduler's cache
+    /// index, so a listener keeps one table of its cached chunks rather than two (the
+    /// simulator runs 100,000 listeners).
+    pub fn handle_request_from(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        req: ChunkRequest,
+        held: impl Fn(&ChunkId) -> Option<u32>,
+    ) {
+        let now = now.max(self.now);
+        self.now = now;
+        self.on_request(now, from, req, &held);
     }
 
     fn rate(&self) -> f64 {
@@ -307,10 +328,18 @@ impl ChunkServer {
         }));
     }
 
-    fn on_request(&mut self, now: Time, from: NodeId, req: ChunkRequest) {
+    /// `held`: the length of each servable chunk (the server's own table, or the one a
+    /// [`super::PeerCore`] shares with it).
+    fn on_request(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        req: ChunkRequest,
+        held: &dyn Fn(&ChunkId) -> Option<u32>,
+    ) {
         match req {
-            ChunkRequest::GetChunk { request, chunk, .. } => match self.held.get(&chunk) {
-                Some(&len) => self.admit(now, from, request, Item::Chunk(chunk), u64::from(len)),
+            ChunkRequest::GetChunk { request, chunk, .. } => match held(&chunk) {
+                Some(len) => self.admit(now, from, request, Item::Chunk(chunk), u64::from(len)),
                 None => self.not_have(from, request),
             },
             ChunkRequest::GetManifest { request, track } => {
@@ -321,10 +350,10 @@ impl ChunkServer {
                 }
             }
             ChunkRequest::QueryHave { request, track } => match self.tracks.get(&track) {
-                Some(chunks) => {
-                    let mut bitmap = vec![0u8; chunks.len().div_ceil(8)];
-                    for (i, c) in chunks.iter().enumerate() {
-                        if self.held.contains_key(c) {
+                Some(m) => {
+                    let mut bitmap = vec![0u8; m.chunks.len().div_ceil(8)];
+                    for (i, c) in m.chunks.iter().enumerate() {
+                        if held(&c.id).is_some() {
                             bitmap[i / 8] |= 1 << (i % 8);
                         }
                     }
@@ -400,9 +429,9 @@ impl ChunkServer {
             ServerCommand::Drop(chunk) => {
                 self.held.remove(&chunk);
             }
-            ServerCommand::Track { track, chunks } => {
+            ServerCommand::Track { track, manifest } => {
                 if self.tracks.len() < self.config.max_tracks || self.tracks.contains_key(&track) {
-                    self.tracks.insert(track, chunks);
+                    self.tracks.insert(track, manifest);
                 }
             }
             ServerCommand::DropTrack(track) => {
@@ -468,7 +497,11 @@ impl Core for ChunkServer {
             Input::Message {
                 from,
                 msg: ChunkMsg::Request(r),
-            } => self.on_request(now, from, r),
+            } => {
+                let held = std::mem::take(&mut self.held);
+                self.on_request(now, from, r, &|c| held.get(c).copied());
+                self.held = held;
+            }
             Input::Message {
                 msg: ChunkMsg::Response(_),
                 ..

@@ -211,7 +211,7 @@ impl Net {
                 id,
                 ServerCommand::Track {
                     track: t.id,
-                    chunks: t.manifest.chunks.iter().map(|c| c.id).collect(),
+                    manifest: std::sync::Arc::new(t.manifest.clone()),
                 },
             );
             for c in &t.manifest.chunks {

@@ -721,7 +721,7 @@ fn a_listener_serves_what_it_has_played() {
     play(&mut net, Time::ZERO, t.id);
     run_to_end(&mut net, 1, secs(100));
     let c = t.manifest.chunks[3];
-    assert!(net.listener(n(LISTENER)).server().holds(&c.id));
+    assert!(net.listener(n(LISTENER)).serves(&c.id));
     // Another node asks the listener for it and gets the verified bytes.
     let now = net.now;
     let req = ChunkRequest::GetChunk {

@@ -183,7 +183,9 @@ pub struct ServerConfig {
     /// An upload slot is freed after this long even if the driver never reports it sent
     /// (default 10 s).
     pub upload_slot_timeout_ms: u64,
-    /// Chunks the servable index may hold (default 1,000,000).
+    /// Chunks a stand-alone server's own servable table may hold (`Hold`; default 1,000,000).
+    /// A listener's `PeerCore` serves what its cache index holds, bounded by the cache's
+    /// limits instead.
     pub max_held_chunks: usize,
     /// Tracks whose chunk lists are known for `QueryHave`/`GetManifest` (default 100,000).
     pub max_tracks: usize,

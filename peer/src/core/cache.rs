@@ -41,6 +41,9 @@ pub struct CacheIndex {
     /// Most recently used.
     newest: u32,
     bytes: u64,
+    /// Chunks added so far: only an insert can make `contains` true, so an answer "not held"
+    /// stays true until this moves.
+    inserts: u64,
 }
 
 impl CacheIndex {
@@ -54,6 +57,7 @@ impl CacheIndex {
             oldest: NIL,
             newest: NIL,
             bytes: 0,
+            inserts: 0,
         }
     }
 
@@ -88,6 +92,12 @@ impl CacheIndex {
     /// Byte length of `chunk` if held.
     pub fn len_of(&self, chunk: &ChunkId) -> Option<u32> {
         self.slot_of(chunk).map(|i| self.slots[i as usize].len)
+    }
+
+    /// How many chunks were ever added: while it stays the same, a chunk found not held is
+    /// still not held.
+    pub fn inserts(&self) -> u64 {
+        self.inserts
     }
 
     /// Bytes held.
@@ -180,6 +190,7 @@ impl CacheIndex {
         if u64::from(len) > self.config.max_bytes || self.config.max_entries == 0 {
             return vec![chunk];
         }
+        self.inserts += 1;
         let i = self.alloc(chunk, len);
         let slots = &self.slots;
         self.index.insert_unique(Self::hash(&chunk), i, |&j| {

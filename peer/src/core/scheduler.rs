@@ -292,6 +292,12 @@ struct TrackFetch {
     /// The last two [`FetchScheduler::contiguous_end`] answers by (position, chunks in):
     /// chunks only ever come in, so while their count is the same so is the answer.
     contiguous: Memo2<(u64, usize), u64>,
+    /// Chunks found missing from the cache index, one bit each, valid while the index's
+    /// insert count is still `uncached_at`: the window is re-checked at every input, and at
+    /// 100,000 simulated listeners a lookup in a cold per-listener table was its costliest
+    /// step.
+    uncached: Vec<u64>,
+    uncached_at: u64,
 }
 
 /// The two most recent answers of a pure function of this fetch (its manifest never changes
@@ -351,7 +357,31 @@ impl TrackFetch {
             last_peer_lookup: Time::NEVER,
             index_memo: Memo2::new(),
             contiguous: Memo2::new(),
+            uncached: Vec::new(),
+            uncached_at: 0,
         }
+    }
+
+    /// True when chunk `index` was found missing from the cache index and the index has had
+    /// no insert (`inserts`) since.
+    fn known_uncached(&self, index: usize, inserts: u64) -> bool {
+        self.uncached_at == inserts
+            && self
+                .uncached
+                .get(index / 64)
+                .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    /// Remembers that chunk `index` is not in the cache index as of `inserts`.
+    fn mark_uncached(&mut self, index: usize, inserts: u64) {
+        if self.uncached_at != inserts {
+            self.uncached.fill(0);
+            self.uncached_at = inserts;
+        }
+        if self.uncached.len() <= index / 64 {
+            self.uncached.resize(index / 64 + 1, 0);
+        }
+        self.uncached[index / 64] |= 1 << (index % 64);
     }
 
     /// `FetchScheduler::chunk_index(m, pos)` (the chunk playing at `pos`), remembered, or
@@ -1671,17 +1701,26 @@ impl FetchScheduler {
             return;
         };
         let track = f.track;
-        if self.cache.contains(&info.id) {
-            if let Some(f) = self.fetches[slot as usize].as_mut() {
-                f.reading.insert(index);
+        let inserts = self.cache.inserts();
+        if !f.known_uncached(index, inserts) {
+            if self.cache.contains(&info.id) {
+                if let Some(f) = self.fetches[slot as usize].as_mut() {
+                    f.reading.insert(index);
+                }
+                self.emit(SchedulerEvent::ReadCache {
+                    track,
+                    index,
+                    chunk: info.id,
+                });
+                return;
             }
-            self.emit(SchedulerEvent::ReadCache {
-                track,
-                index,
-                chunk: info.id,
-            });
-            return;
+            if let Some(f) = self.fetches[slot as usize].as_mut() {
+                f.mark_uncached(index, inserts);
+            }
         }
+        let Some(f) = self.fetches[slot as usize].as_ref() else {
+            return;
+        };
         let len = u64::from(info.len);
         let urgent = need != Time::NEVER
             && need.saturating_since(now) <= SchedulerConfig::ms(self.config.urgent_buffer_ms);

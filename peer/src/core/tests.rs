@@ -663,6 +663,39 @@ fn a_corrupt_cache_file_is_dropped_and_refetched() {
 }
 
 #[test]
+fn a_chunk_cached_mid_play_is_read_from_the_cache() {
+    // Chunk 3 (10.5 s in) is in the first window but not urgent, so it is looked up in the
+    // cache index and left for later; then the driver reports it on disk. The scheduler's
+    // memo of chunks found missing must not hide it.
+    let t = make_track(12, 6, 16_000);
+    let mut net = setup(&[&t], 200, true);
+    play(&mut net, Time::ZERO, t.id);
+    let c3 = t.manifest.chunks[3];
+    net.nodes
+        .get_mut(&n(LISTENER))
+        .expect("listener")
+        .chunks
+        .insert(c3.id, t.chunks[3].clone());
+    net.command_at(
+        Time::from_millis(50),
+        n(LISTENER),
+        SchedulerCommand::CacheHas {
+            chunk: c3.id,
+            len: c3.len,
+        },
+    );
+    run_to_end(&mut net, 1, secs(200));
+    assert_played_correctly(&net, &t);
+    assert_eq!(ready(&net, t.id)[&3][0].0, Source::Cache);
+    assert!(
+        !get_chunks_to(&net, n(ORIGIN))
+            .iter()
+            .any(|(_, _, c)| *c == c3.id),
+        "never asked the origin for it"
+    );
+}
+
+#[test]
 fn seek_cancels_what_is_no_longer_needed_and_stutters_are_counted() {
     let t = make_track(11, 13, 16_000);
     let mut net = setup(&[&t], 30, true);

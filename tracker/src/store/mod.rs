@@ -511,8 +511,13 @@ mod tests {
         assert!(!dir.path().join("staging/999999999-1").exists());
     }
 
-    #[test]
-    fn corruption_is_reported_never_served() {
+    /// A store holding a committed two-chunk track (the tempdir must outlive the store).
+    fn committed_track() -> (
+        tempfile::TempDir,
+        LocalStore,
+        Manifest,
+        Vec<shoal_protocol::Chunk>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::create(dir.path()).unwrap();
         let (m, chunks) = tiny_track(2);
@@ -521,10 +526,22 @@ mod tests {
             staging.put_chunk(&c.id, &c.bytes).unwrap();
         }
         staging.commit(&m, &meta(&m)).unwrap();
-        let path = store.chunk_path(&chunks[0].id);
+        (dir, store, m, chunks)
+    }
+
+    /// Flips a bit of `chunk`'s file in place; returns the file.
+    fn corrupt_chunk(store: &LocalStore, chunk: &ChunkId) -> PathBuf {
+        let path = store.chunk_path(chunk);
         let mut bytes = fs::read(&path).unwrap();
         bytes[5] ^= 0x40;
         fs::write(&path, &bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn corruption_is_reported_never_served() {
+        let (_dir, store, m, chunks) = committed_track();
+        corrupt_chunk(&store, &chunks[0].id);
         assert!(matches!(
             store.get_chunk(&chunks[0].id),
             Err(StoreError::Corrupt { .. })
@@ -542,23 +559,13 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn reads_from_the_page_cache_verify_like_the_slow_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::create(dir.path()).unwrap();
-        let (m, chunks) = tiny_track(2);
-        let mut staging = store.begin_import().unwrap();
-        for c in &chunks {
-            staging.put_chunk(&c.id, &c.bytes).unwrap();
-        }
-        staging.commit(&m, &meta(&m)).unwrap();
+        let (_dir, store, _m, chunks) = committed_track();
         // Just written, so cached; a filesystem without RWF_NOWAIT gives None, never wrong bytes.
         let fast = store.get_chunk_if_cached(&chunks[1].id);
         if let Some(read) = fast {
             assert_eq!(read.unwrap(), chunks[1].bytes);
         }
-        let path = store.chunk_path(&chunks[0].id);
-        let mut bytes = fs::read(&path).unwrap();
-        bytes[5] ^= 0x40;
-        fs::write(&path, &bytes).unwrap();
+        let path = corrupt_chunk(&store, &chunks[0].id);
         assert!(matches!(
             store.get_chunk_if_cached(&chunks[0].id),
             Some(Err(StoreError::Corrupt { .. })) | None

@@ -182,6 +182,10 @@ fn helper2(x: f64) -> f64 {
     }
 }
 
+/// The peer core's deterministic id hasher and maps, for the simulator's own tables keyed by
+/// content ids and small integers (every key is the simulator's own).
+pub use shoal_peer::core::idmap::{IdBuild, IdHasher, IdMap, IdSet};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,46 +245,3 @@ mod tests {
         assert!((m - 0.5).abs() < 0.02);
     }
 }
-
-/// A fast deterministic hasher for the simulator's maps keyed by content ids (already uniform
-/// BLAKE3 output) and small integers: folds every 8 bytes in and finishes with [`mix64`].
-/// Not DoS-resistant, and it need not be: every key is the simulator's own.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0 ^ u64::from_le_bytes(w)).rotate_left(29);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0 ^ u64::from(b)).rotate_left(8);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ u64::from(n)).rotate_left(29);
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).rotate_left(29);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        mix64(self.0)
-    }
-}
-
-/// `BuildHasher` for [`IdHasher`].
-pub type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
-/// A `HashMap` with [`IdHasher`].
-pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuild>;
-/// A `HashSet` with [`IdHasher`].
-pub type IdSet<K> = std::collections::HashSet<K, IdBuild>;

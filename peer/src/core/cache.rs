@@ -2,13 +2,13 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
-use std::hash::Hasher;
+use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
 
 use super::config::CacheConfig;
-use super::idmap::IdHasher;
+use super::idmap::IdBuild;
 
 /// No slot.
 const NIL: u32 = u32::MAX;
@@ -62,9 +62,7 @@ impl CacheIndex {
     }
 
     fn hash(chunk: &ChunkId) -> u64 {
-        let mut h = IdHasher::default();
-        h.write(chunk.as_bytes());
-        h.finish()
+        IdBuild::default().hash_one(chunk)
     }
 
     /// The slot holding `chunk`.

@@ -1,4 +1,5 @@
-//! Hash maps for the cores' tables keyed by 32-byte ids (`NodeId`, `TrackId`, `ChunkId`).
+//! Hash maps for the cores' tables keyed by 32-byte ids (`NodeId`, `TrackId`, `ChunkId`), also
+//! used by the simulator's driver for its own id-keyed tables.
 //!
 //! The ids are BLAKE3 outputs or public-key hashes, so a light fold of their words is enough to
 //! spread them; a B-tree compared them with `memcmp` on every step of every lookup (≈ 10% of
@@ -14,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// 64-bit mixer so that the high bits, which `HashMap` uses for its control bytes, depend on
 /// every word.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct IdHasher(u64);
+pub struct IdHasher(u64);
 
 const K: u64 = 0x517c_c1b7_2722_0a95;
 
@@ -73,11 +74,11 @@ impl Hasher for IdHasher {
 }
 
 /// `BuildHasher` for [`IdHasher`] (deterministic: no per-process seed).
-pub(crate) type IdBuild = BuildHasherDefault<IdHasher>;
+pub type IdBuild = BuildHasherDefault<IdHasher>;
 /// A `HashMap` with [`IdHasher`].
-pub(crate) type IdMap<K, V> = std::collections::HashMap<K, V, IdBuild>;
+pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuild>;
 /// A `HashSet` with [`IdHasher`].
-pub(crate) type IdSet<K> = std::collections::HashSet<K, IdBuild>;
+pub type IdSet<K> = std::collections::HashSet<K, IdBuild>;
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ mod announce;
 mod attach;
 mod cache;
 mod config;
-mod idmap;
+pub mod idmap;
 mod pool;
 mod scheduler;
 mod server;

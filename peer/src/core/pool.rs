@@ -53,11 +53,4 @@ impl ManifestPool {
         }
         Ok(m)
     }
-
-    /// Tracks whose decoded manifest some core holds now.
-    pub fn live(&self) -> usize {
-        self.inner.lock().map_or(0, |inner| {
-            inner.map.values().filter(|w| w.strong_count() > 0).count()
-        })
-    }
 }

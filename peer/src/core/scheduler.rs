@@ -292,11 +292,10 @@ struct TrackFetch {
     /// The last two [`FetchScheduler::contiguous_end`] answers by (position, chunks in):
     /// chunks only ever come in, so while their count is the same so is the answer.
     contiguous: Memo2<(u64, usize), u64>,
-    /// Chunks found missing from the cache index, one bit each, valid while the index's
-    /// insert count is still `uncached_at`: the window is re-checked at every input, and at
-    /// 100,000 simulated listeners a lookup in a cold per-listener table was its costliest
-    /// step.
-    uncached: Vec<u64>,
+    /// Chunks found missing from the cache index, valid while the index's insert count is
+    /// still `uncached_at`: the window is re-checked at every input, and at 100,000 simulated
+    /// listeners a lookup in a cold per-listener table was its costliest step.
+    uncached: Have,
     uncached_at: u64,
 }
 
@@ -342,13 +341,11 @@ impl<K: Copy + PartialEq, V: Copy> Memo2<K, V> {
 
 impl TrackFetch {
     fn new(track: TrackId, manifest: Option<Arc<Manifest>>) -> Self {
-        let have = manifest
-            .as_ref()
-            .map_or_else(Have::default, |m| Have::new(m.chunks.len()));
+        let len = manifest.as_ref().map_or(0, |m| m.chunks.len());
         Self {
             track,
             manifest,
-            have,
+            have: Have::new(len),
             reading: BTreeSet::new(),
             not_have: IdSet::default(),
             stats: PlayStats::new(track),
@@ -357,7 +354,7 @@ impl TrackFetch {
             last_peer_lookup: Time::NEVER,
             index_memo: Memo2::new(),
             contiguous: Memo2::new(),
-            uncached: Vec::new(),
+            uncached: Have::new(len),
             uncached_at: 0,
         }
     }
@@ -365,23 +362,16 @@ impl TrackFetch {
     /// True when chunk `index` was found missing from the cache index and the index has had
     /// no insert (`inserts`) since.
     fn known_uncached(&self, index: usize, inserts: u64) -> bool {
-        self.uncached_at == inserts
-            && self
-                .uncached
-                .get(index / 64)
-                .is_some_and(|w| w & (1 << (index % 64)) != 0)
+        self.uncached_at == inserts && self.uncached.get(index)
     }
 
     /// Remembers that chunk `index` is not in the cache index as of `inserts`.
     fn mark_uncached(&mut self, index: usize, inserts: u64) {
         if self.uncached_at != inserts {
-            self.uncached.fill(0);
+            self.uncached.clear();
             self.uncached_at = inserts;
         }
-        if self.uncached.len() <= index / 64 {
-            self.uncached.resize(index / 64 + 1, 0);
-        }
-        self.uncached[index / 64] |= 1 << (index % 64);
+        self.uncached.set(index);
     }
 
     /// `FetchScheduler::chunk_index(m, pos)` (the chunk playing at `pos`), remembered, or
@@ -419,12 +409,14 @@ impl TrackFetch {
     fn set_manifest(&mut self, m: Arc<Manifest>) {
         if self.manifest.is_none() {
             self.have = Have::new(m.chunks.len());
+            self.uncached = Have::new(m.chunks.len());
             self.manifest = Some(m);
         }
     }
 }
 
-/// Which chunks of a track are in, one bit each: the contiguous run from a position is found a
+/// A set of a track's chunk indices, one bit each (which chunks are in; which were found
+/// missing from the cache): the contiguous run from a position is found a
 /// word at a time (the playback clock asks for it several times per input).
 #[derive(Debug, Default)]
 struct Have {
@@ -452,6 +444,12 @@ impl Have {
             self.bits[i / 64] |= 1 << (i % 64);
             self.count += 1;
         }
+    }
+
+    /// Empties the set.
+    fn clear(&mut self) {
+        self.bits.fill(0);
+        self.count = 0;
     }
 
     /// True when every chunk is in (also when there are none).
@@ -597,8 +595,6 @@ impl FetchScheduler {
         self.pool = Some(pool);
     }
 
-    /// Decodes `track`'s manifest from `bytes` (already checked to hash to `track`), through
-    /// the pool if there is one.
     /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):
     /// through the pool when there is one, so every core shares one copy.
     pub(crate) fn decode_manifest(

@@ -46,6 +46,7 @@ use shoal_peer::core::SchedulerCommand;
 use shoal_peer::net::cache::DiskCache;
 use shoal_peer::net::node::{
     NodeConfig, NodeEvent, PeerBehaviour, PeerBehaviourEvent, PeerNode, TrackerEndpoint,
+    swarm_config,
 };
 use shoal_peer::net::origin::OriginClient;
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
@@ -585,7 +586,7 @@ fn raw_swarm() -> Result<Swarm<PeerBehaviour>> {
             .with_tokio()
             .with_quic()
             .with_behaviour(|k| PeerBehaviour::new(k, Duration::from_secs(30)))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(swarm_config)
             .build(),
     )
 }

@@ -338,6 +338,16 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// The swarm settings of every Shoal peer: connections idle for a minute close, and
+/// substreams we open negotiate their protocol in zero round trips (multistream-select
+/// `V1Lazy`: the request goes out with the protocol name instead of after the other side's
+/// confirmation). Every request of `/shoal/chunk/1` opens a stream, so this takes a round
+/// trip off each chunk. The wire format is plain `V1`, so any libp2p node can answer it.
+pub fn swarm_config(c: libp2p::swarm::Config) -> libp2p::swarm::Config {
+    c.with_idle_connection_timeout(Duration::from_secs(60))
+        .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+}
+
 impl PeerNode {
     /// Builds the swarm, starts listening, loads the cache into the core and spawns the node.
     /// Events go to the returned receiver (drop it if unwanted: they are then discarded).
@@ -356,13 +366,11 @@ impl PeerNode {
             )
             .map_err(|e| NodeError::Transport(e.to_string()))?
             .with_quic();
-        let idle =
-            |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(60));
         let mut swarm = if config.superpeers.is_empty() {
             builder
                 .with_behaviour(|key| PeerBehaviour::new(key, timeout))
                 .map_err(|e| NodeError::Transport(e.to_string()))?
-                .with_swarm_config(idle)
+                .with_swarm_config(swarm_config)
                 .build()
         } else {
             builder
@@ -370,7 +378,7 @@ impl PeerNode {
                 .map_err(|e| NodeError::Transport(e.to_string()))?
                 .with_behaviour(|key, relay| PeerBehaviour::with_relay(key, relay, timeout))
                 .map_err(|e| NodeError::Transport(e.to_string()))?
-                .with_swarm_config(idle)
+                .with_swarm_config(swarm_config)
                 .build()
         };
         let mut superpeers = HashMap::new();

@@ -234,8 +234,9 @@ fn build_swarm(
                 shoal: ShoalBehaviour::new(key, ProtocolSupport::Full, Duration::from_secs(10)),
             }
         })?
-        // Leaves keep their connection for the reservation; others go after a minute idle.
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        // Leaves keep their connection for the reservation; others go after a minute idle;
+        // streams we open (cache fills, tracker syncs) negotiate in zero round trips.
+        .with_swarm_config(shoal_peer::net::node::swarm_config)
         .build();
     Ok(swarm)
 }

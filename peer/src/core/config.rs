@@ -61,11 +61,17 @@ pub struct SchedulerConfig {
     /// Longest wait between two holder lookups of the same track (default 60 s).
     pub max_relookup_ms: u64,
     /// A request unanswered after this long is abandoned and cancelled, and its node left
-    /// alone for `max_busy_backoff_ms` (default 60 s). Slowness is handled earlier, by
+    /// alone for `lost_peer_backoff_ms` (default 60 s). Slowness is handled earlier, by
     /// lateness (re-requests elsewhere without cancelling); this catches silent nodes.
     pub request_timeout_ms: u64,
     /// Longest a `Busy` answer keeps us from asking that peer again (default 5 s).
     pub max_busy_backoff_ms: u64,
+    /// A peer lost while our requests to it were in flight (its connection closed, or it
+    /// could not be dialled at all), or silent past `request_timeout_ms`, is not asked again
+    /// for this long (default 60 s), even when a holder lookup lists it: it has probably
+    /// gone offline or sits behind a NAT we cannot reach, and every new attempt would cost
+    /// a dial timeout while the chunk waits. Never applies to the origin.
+    pub lost_peer_backoff_ms: u64,
     /// Assumed upload rate of a peer before any measurement, bytes/s (default 256 kB/s).
     pub initial_peer_rate: u64,
     /// Assumed rate of the origin before any measurement, bytes/s (default 1 MB/s).
@@ -119,6 +125,7 @@ impl Default for SchedulerConfig {
             max_relookup_ms: 60_000,
             request_timeout_ms: 60_000,
             max_busy_backoff_ms: 5_000,
+            lost_peer_backoff_ms: 60_000,
             initial_peer_rate: 256_000,
             initial_origin_rate: 1_000_000,
             initial_rtt_ms: 100,

@@ -227,6 +227,9 @@ struct NodeState {
     last_completion: Time,
     busy_until: Time,
     superpeer: bool,
+    /// It has answered us at least once: we can reach it. Until then it may sit behind a
+    /// NAT we cannot punch, and the first request waits for a dial that may time out.
+    heard: bool,
 }
 
 impl NodeState {
@@ -749,6 +752,7 @@ impl FetchScheduler {
                 last_completion: Time::ZERO,
                 busy_until: Time::ZERO,
                 superpeer: false,
+                heard: false,
             };
             self.nodes.entry(o).or_insert(state);
         }
@@ -919,6 +923,7 @@ impl FetchScheduler {
                 last_completion: Time::ZERO,
                 busy_until: Time::ZERO,
                 superpeer: p.superpeer,
+                heard: false,
             });
             state.superpeer = p.superpeer;
             list.push(p.node);
@@ -1039,6 +1044,20 @@ impl FetchScheduler {
         Some(req)
     }
 
+    /// Leaves a peer that went away with our requests (or never answered them) alone for
+    /// `lost_peer_backoff_ms`. The origin is never left alone: it is the fallback.
+    fn back_off_lost(&mut self, now: Time, node: NodeId) {
+        if Some(node) == self.origin {
+            return;
+        }
+        let until = now + SchedulerConfig::ms(self.config.lost_peer_backoff_ms);
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.last_completion = now;
+            n.busy_until = n.busy_until.max(until);
+        }
+        self.timers.set(Timer::Retry(node), until);
+    }
+
     fn cancel_request(&mut self, key: ReqKey) {
         if self.take_request(key).is_some() {
             self.send(key.0, ChunkRequest::Cancel { request: key.1 });
@@ -1056,6 +1075,9 @@ impl FetchScheduler {
     }
 
     fn on_response(&mut self, now: Time, from: NodeId, resp: ChunkResponse) {
+        if let Some(n) = self.nodes.get_mut(&from) {
+            n.heard = true;
+        }
         match resp {
             ChunkResponse::Chunk { request, bytes } => {
                 let Some(req) = self.take_request((from, request)) else {
@@ -1285,12 +1307,7 @@ impl FetchScheduler {
                     self.cancel_request(key);
                     // Probably dead: leave it alone for a while (the driver reports real
                     // disconnections; this catches silent ones).
-                    let backoff = SchedulerConfig::ms(self.config.max_busy_backoff_ms);
-                    if let Some(n) = self.nodes.get_mut(&key.0) {
-                        n.last_completion = now;
-                        n.busy_until = now + backoff;
-                    }
-                    self.timers.set(Timer::Retry(key.0), now + backoff);
+                    self.back_off_lost(now, key.0);
                 }
             }
             Timer::Retry(_) => {}
@@ -1410,7 +1427,9 @@ impl FetchScheduler {
         };
         let mut wake = anchor + samples_dur(data_end - pos);
         let pos_now = (pos + dur_samples(now - anchor)).min(data_end);
-        if !complete && data_end - pos_now < ms_samples(self.config.urgent_buffer_ms) {
+        // `<=`: woken exactly at the threshold (the wake below), the buffer equals it; with
+        // `<` no re-check was armed then, and the next wake-up was the stall itself.
+        if !complete && data_end - pos_now <= ms_samples(self.config.urgent_buffer_ms) {
             wake = wake.min(recheck);
         }
         let urgent = ms_samples(self.config.urgent_buffer_ms);
@@ -1803,14 +1822,27 @@ impl FetchScheduler {
             }
         }
         if asked.iter().all(|(_, late, _)| *late) {
-            // Every request for it is late: try another peer that would beat them.
-            let peer = self.best_peer(f, index, len, &exclude, now);
-            if let Some((p, _)) = peer.filter(|(_, pt)| *pt < best_expected) {
-                self.issue(now, p, track, What::Chunk(index), len);
-            } else if !self.has_holders(f, index) && lookup_answered && !origin_asked {
-                if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
-                    self.issue(now, o, track, What::Chunk(index), len);
+            // Every request for it is late: try another peer that would beat them. For an
+            // urgent chunk, not one that has never answered us: its estimate is a guess, and
+            // when the late one could not be reached either (NATed holders) each such guess
+            // costs a late timer while the buffer runs dry. The origin's rate is known.
+            let peer = self
+                .best_peer(f, index, len, &exclude, now)
+                .filter(|(_, pt)| *pt < best_expected);
+            let unheard = |p: &NodeId| !self.nodes.get(p).is_some_and(|n| n.heard);
+            match peer {
+                Some((p, _)) if urgent && !origin_asked && unheard(&p) => {
+                    if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
+                        self.issue(now, o, track, What::Chunk(index), len);
+                    }
                 }
+                Some((p, _)) => self.issue(now, p, track, What::Chunk(index), len),
+                None if !self.has_holders(f, index) && lookup_answered && !origin_asked => {
+                    if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
+                        self.issue(now, o, track, What::Chunk(index), len);
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -1957,8 +1989,12 @@ impl Core for FetchScheduler {
                     .filter(|(n, _)| *n == node)
                     .copied()
                     .collect();
+                let lost_requests = !keys.is_empty();
                 for k in keys {
                     self.take_request(k);
+                }
+                if lost_requests {
+                    self.back_off_lost(now, node);
                 }
                 if Some(node) != self.origin {
                     for list in self.holders.values_mut() {

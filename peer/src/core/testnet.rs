@@ -114,6 +114,8 @@ enum Ev {
         msg: ChunkMsg,
     },
     Local(NodeId, Local),
+    /// The driver of the first node reports the second lost (closed, or never dialled).
+    Lost(NodeId, NodeId),
 }
 
 /// One message as sent, for assertions.
@@ -243,6 +245,12 @@ impl Net {
     /// Schedules a command to a listener at `at`.
     pub fn command_at(&mut self, at: Time, id: NodeId, c: SchedulerCommand) {
         self.push(at, Ev::Local(id, Local::Peer(PeerCommand::Fetch(c))));
+    }
+
+    /// Tells `id` at `at` that `lost` is gone, as a driver does when a connection closes or
+    /// a dial fails.
+    pub fn disconnect_at(&mut self, at: Time, id: NodeId, lost: NodeId) {
+        self.push(at, Ev::Lost(id, lost));
     }
 
     /// Delivers `msg` from `from` (which need not be a node) to `to` at `at`.
@@ -534,6 +542,7 @@ impl Net {
                     }
                 }
                 Ev::Local(id, l) => self.feed(id, Input::Command(l)),
+                Ev::Lost(id, lost) => self.feed(id, Input::Disconnected(lost)),
             }
         }
     }

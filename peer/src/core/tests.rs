@@ -828,6 +828,59 @@ fn a_busy_peer_is_left_alone_for_retry_after_and_the_chunk_comes_from_elsewhere(
 }
 
 #[test]
+fn a_peer_lost_with_our_requests_is_left_alone_even_when_listed_again() {
+    // Node 2 is listed as the nearest holder but cannot be reached: what we send it vanishes,
+    // and the driver soon reports it lost (the dial failed) before any request went late.
+    // The next lookup lists it again; asking it again at once would cost another dial.
+    let t = make_track(18, 30, 16_000);
+    let mut net = Net::new();
+    let mut config = PeerConfig::default();
+    config.scheduler.lost_peer_backoff_ms = 20_000;
+    // A short window: a chunk is asked every 5 s of playback, not 30 s of them at once.
+    config.scheduler.buffer_ahead_ms = 6_000;
+    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
+    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
+    net.set_latency(n(LISTENER), n(ORIGIN), 40);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Manifest {
+            track: t.id,
+            bytes: t.manifest_bytes.clone(),
+        },
+    );
+    add_peer(&mut net, 3, 200_000.0, 30, &[&t]);
+    let holders = SchedulerCommand::Peers {
+        track: t.id,
+        peers: vec![peer(2, 5), peer(3, 60)],
+    };
+    net.command_at(Time::ZERO, n(LISTENER), holders.clone());
+    play(&mut net, Time::ZERO, t.id);
+    let lost = Time::from_millis(300);
+    net.disconnect_at(lost, n(LISTENER), n(2));
+    net.command_at(secs(1), n(LISTENER), holders);
+    run_to_end(&mut net, 1, secs(400));
+    let asks: Vec<Time> = get_chunks_to(&net, n(2)).iter().map(|a| a.0).collect();
+    assert!(
+        asks.iter().any(|at| *at < lost),
+        "the nearest holder was asked first: {asks:?}"
+    );
+    let back = lost + Duration::from_secs(20);
+    assert!(
+        !asks.iter().any(|at| *at >= lost && *at < back),
+        "asked again within lost_peer_backoff_ms: {asks:?}"
+    );
+    assert!(
+        asks.iter().any(|at| *at >= back),
+        "a backoff, not a ban: still listed, it is tried again later: {asks:?}"
+    );
+    assert!(!net.listener(n(LISTENER)).scheduler().is_banned(&n(2)));
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_played_correctly(&net, &t);
+}
+
+#[test]
 fn playing_without_known_holders_asks_the_driver_for_them() {
     let t = make_track(14, 3, 16_000);
     let mut net = setup(&[&t], 40, true);
@@ -1124,4 +1177,95 @@ fn a_dry_buffer_gets_the_whole_downlink() {
     assert_played_correctly(&net, &t);
     let to_3 = get_chunks_to(&net, n(3));
     assert_eq!(to_3.first().map(|c| c.2), Some(t.manifest.chunks[1].id));
+}
+
+#[test]
+fn a_holder_that_never_answers_does_not_stall_playback() {
+    // Node 2 is listed but unreachable, and nothing reports it lost (a dial that hangs):
+    // what we ask it vanishes. Unmeasured peers are assumed slow here, so a chunk asked from
+    // it is expected only seconds later and goes late only after it is due: the buffer
+    // crossing the urgent threshold must start the re-checks that send it to the origin.
+    let t = make_track(19, 12, 16_000);
+    let mut net = Net::new();
+    let mut config = PeerConfig::default();
+    config.scheduler.initial_peer_rate = 4_000;
+    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
+    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
+    net.set_latency(n(LISTENER), n(ORIGIN), 40);
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Manifest {
+            track: t.id,
+            bytes: t.manifest_bytes.clone(),
+        },
+    );
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 5)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(400));
+    assert!(
+        !get_chunks_to(&net, n(2)).is_empty(),
+        "the listed holder was tried"
+    );
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0, "{stats:?}");
+    assert_played_correctly(&net, &t);
+}
+
+#[test]
+fn an_urgent_late_chunk_goes_to_the_origin_not_to_another_unheard_peer() {
+    // Five holders are listed and none can be reached (NATed, no relay): what we ask them
+    // vanishes and nothing reports them lost. Each looks fine until its request goes late;
+    // trying the next one then, and the next, runs the buffer dry when the dials take long.
+    // An urgent chunk that went late is re-asked from a node that has answered us (here only
+    // the origin), never from another peer we have not heard from. Every chunk is urgent
+    // here (`urgent_buffer_ms` spans the whole window).
+    let t = make_track(20, 12, 16_000);
+    let mut net = Net::new();
+    let mut config = PeerConfig::default();
+    config.scheduler.urgent_buffer_ms = 30_000;
+    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
+    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
+    net.set_latency(n(LISTENER), n(ORIGIN), 40);
+    let unreachable = [2, 4, 5, 6, 7];
+    for c in [
+        SchedulerCommand::Manifest {
+            track: t.id,
+            bytes: t.manifest_bytes.clone(),
+        },
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: unreachable.iter().map(|&i| peer(i, 5)).collect(),
+        },
+    ] {
+        net.command_at(Time::ZERO, n(LISTENER), c);
+    }
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(400));
+    let mut askers: BTreeMap<ChunkId, Vec<u64>> = BTreeMap::new();
+    for i in unreachable {
+        for (_, _, chunk) in get_chunks_to(&net, n(i)) {
+            askers.entry(chunk).or_default().push(i);
+        }
+    }
+    assert!(!askers.is_empty(), "the holders were tried");
+    for (chunk, nodes) in &askers {
+        assert_eq!(
+            nodes.len(),
+            1,
+            "chunk {chunk:?} went from one unheard peer to another: {nodes:?}"
+        );
+    }
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    assert_eq!(stats.stutters, 0, "{stats:?}");
+    assert_played_correctly(&net, &t);
 }

@@ -131,9 +131,16 @@ impl NetModel {
         if !b.up || !a.up {
             return Path::Unreachable;
         }
+        // Relayed through the super-peer of the higher-indexed end (fixed per pair, so both
+        // directions use one circuit).
+        let owner = if ia > ib { a } else { b };
+        let relay = owner.relay;
+        let relayed = relay != u32::MAX && links[relay as usize].up;
         let direct = match (a.nat, b.nat) {
             (Nat::Open, _) | (_, Nat::Open) => true,
-            (Nat::Cone, Nat::Cone) => {
+            // DCUtR: the two ends coordinate the punch over a relayed connection first, so
+            // without a live relay there is nothing to punch through.
+            (Nat::Cone, Nat::Cone) if relayed => {
                 let (lo, hi) = (ia.min(ib), ia.max(ib));
                 let key = self.seed
                     ^ (u64::from(lo) << 32 | u64::from(hi)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -142,16 +149,11 @@ impl NetModel {
             _ => false,
         };
         if direct {
-            return Path::Direct;
-        }
-        // Relayed through the super-peer of the higher-indexed end (fixed per pair, so both
-        // directions use one circuit).
-        let owner = if ia > ib { a } else { b };
-        let relay = owner.relay;
-        if relay == u32::MAX || !links[relay as usize].up {
-            Path::Unreachable
-        } else {
+            Path::Direct
+        } else if relayed {
             Path::Relay(relay)
+        } else {
+            Path::Unreachable
         }
     }
 
@@ -303,22 +305,45 @@ mod tests {
     #[test]
     fn hole_punch_rate_matches_parameter() {
         let m = model();
-        let mut links: Vec<Link> = (0..400).map(|_| peer(Nat::Cone)).collect();
-        for l in &mut links {
-            l.relay = u32::MAX;
+        let mut links = vec![Link::new(Role::SuperPeer, 0, Nat::Open, 100, 1e8, 1e8)];
+        links.extend((0..400).map(|_| peer(Nat::Cone)));
+        for l in &mut links[1..] {
+            l.relay = 0;
         }
         let mut direct = 0;
         let mut total = 0;
-        for a in 0..400u32 {
-            for b in (a + 1)..400 {
+        for a in 1..=400u32 {
+            for b in (a + 1)..=400 {
                 total += 1;
-                if m.path(&links, a, b) == Path::Direct {
-                    direct += 1;
+                match m.path(&links, a, b) {
+                    Path::Direct => direct += 1,
+                    p => assert_eq!(p, Path::Relay(0), "a failed punch stays relayed"),
                 }
                 assert_eq!(m.path(&links, a, b), m.path(&links, b, a));
             }
         }
         let rate = f64::from(direct) / f64::from(total);
         assert!((rate - 0.5).abs() < 0.02, "{rate}");
+    }
+
+    #[test]
+    fn no_hole_punch_without_a_relay_to_coordinate_it() {
+        // DCUtR punches over a relayed connection: two cone peers with no live super-peer
+        // cannot reach each other at all, whatever `hole_punch_success` says.
+        let m = NetModel {
+            hole_punch_success: 1.0,
+            ..model()
+        };
+        let mut links = vec![
+            Link::new(Role::SuperPeer, 0, Nat::Open, 100, 1e8, 1e8),
+            peer(Nat::Cone),
+            peer(Nat::Cone),
+        ];
+        assert_eq!(m.path(&links, 1, 2), Path::Unreachable, "no relay at all");
+        links[1].relay = 0;
+        links[2].relay = 0;
+        assert_eq!(m.path(&links, 1, 2), Path::Direct);
+        links[0].up = false;
+        assert_eq!(m.path(&links, 1, 2), Path::Unreachable, "relay down");
     }
 }

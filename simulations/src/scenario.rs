@@ -231,6 +231,8 @@ pub struct Scenario {
     pub tracker: TrackerSection,
     /// What the client does before a play reaches its core.
     pub client: ClientSection,
+    /// Thresholds of the listeners' real core, where a scenario changes them.
+    pub peer: PeerSection,
     /// Failures injected at given times (`[[faults]]`).
     pub faults: Vec<Fault>,
 }
@@ -601,6 +603,34 @@ pub struct ClientSection {
     pub play_setup_round_trips: u32,
 }
 
+/// `[peer]`: thresholds of every listener's core (`shoal_peer::core::PeerConfig`), for
+/// scenarios that model another client's policy or sweep Shoal's. A key left out keeps the
+/// shipped client's default, so the core runs exactly as `shoal-peer` does.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerSection {
+    /// Chunks at the start of a play asked from the origin and the best peer at once
+    /// (`SchedulerConfig::hedge_start_chunks`; default 1, the short first chunk).
+    pub hedge_start_chunks: Option<u32>,
+    /// How long chunks wait for an unanswered holder lookup before the origin is asked
+    /// (`lookup_wait_ms`; default 500).
+    pub lookup_wait_ms: Option<u64>,
+    /// Audio kept fetched or in flight ahead of the playback position (`buffer_ahead_ms`;
+    /// default 30,000).
+    pub buffer_ahead_ms: Option<u64>,
+    /// Buffer below which missing chunks are urgent (`urgent_buffer_ms`; default 4,000).
+    pub urgent_buffer_ms: Option<u64>,
+    /// Requests in flight to one peer (`max_in_flight_per_peer`; default 2).
+    pub max_in_flight_per_peer: Option<u32>,
+    /// Holders kept per track (`max_peers_per_track`; default 16); a lookup asks for this many.
+    pub max_peers_per_track: Option<u32>,
+    /// Audio left in the current track when the next one is prefetched
+    /// (`prefetch_before_end_ms`; default 30,000).
+    pub prefetch_before_end_ms: Option<u64>,
+    /// Uploads a listener serves at once (`ServerConfig::max_uploads`; default 8).
+    pub max_uploads: Option<u32>,
+}
+
 /// A failure injected at a time (`[[faults]]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -922,6 +952,31 @@ pub fn validate(s: &Scenario) -> Check {
             )
         },
     )?;
+    let pe = &s.peer;
+    for (v, key) in [
+        (pe.hedge_start_chunks, "peer.hedge_start_chunks"),
+        (pe.max_in_flight_per_peer, "peer.max_in_flight_per_peer"),
+        (pe.max_peers_per_track, "peer.max_peers_per_track"),
+        (pe.max_uploads, "peer.max_uploads"),
+    ] {
+        let min = u32::from(key != "peer.hedge_start_chunks");
+        need(v.is_none_or(|v| (min..=1024).contains(&v)), key, || {
+            format!("must be between {min} and 1024 (got {})", v.unwrap_or(0))
+        })?;
+    }
+    for (v, key) in [
+        (pe.lookup_wait_ms, "peer.lookup_wait_ms"),
+        (pe.buffer_ahead_ms, "peer.buffer_ahead_ms"),
+        (pe.urgent_buffer_ms, "peer.urgent_buffer_ms"),
+        (pe.prefetch_before_end_ms, "peer.prefetch_before_end_ms"),
+    ] {
+        need(v.is_none_or(|v| v <= 3_600_000), key, || {
+            format!(
+                "must be at most 3,600,000 ms, an hour (got {})",
+                v.unwrap_or(0)
+            )
+        })?;
+    }
     for (i, f) in s.faults.iter().enumerate() {
         let k = format!("faults[{i}]");
         need(
@@ -1140,6 +1195,31 @@ mod tests {
         assert!(e.starts_with("bad.toml:5:"), "{e}");
         assert!(e.contains("trackz"), "{e}");
         assert!(e.contains("catalog"), "{e}");
+    }
+
+    #[test]
+    fn peer_thresholds_are_checked_and_named() {
+        let e = err("[peer]\nmax_in_flight_per_peer = 0\n", &[]);
+        assert!(e.contains("peer.max_in_flight_per_peer"), "{e}");
+        let e = err("", &["peer.buffer_ahead_ms=99999999"]);
+        assert!(e.contains("peer.buffer_ahead_ms"), "{e}");
+        let e = err("[peer]\nhedge_chunks = 2\n", &[]);
+        assert!(
+            e.starts_with("bad.toml:2:") && e.contains("hedge_chunks"),
+            "{e}"
+        );
+        let ok = parse(
+            "[peer]\nhedge_start_chunks = 0\n",
+            Path::new("ok.toml"),
+            &["peer.max_uploads=3".to_string()],
+        )
+        .expect("valid thresholds");
+        assert_eq!(ok.scenario.peer.hedge_start_chunks, Some(0));
+        assert_eq!(ok.scenario.peer.max_uploads, Some(3));
+        assert_eq!(
+            ok.scenario.peer.lookup_wait_ms, None,
+            "unset keeps the client's default"
+        );
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::catalog::SynthCatalog;
 use crate::cores::{Cores, Feedback, Listen, NodeInfo};
 use crate::net::Role;
 use crate::rng::{IdMap, IdSet};
-use crate::scenario::Scenario;
+use crate::scenario::{PeerSection, Scenario};
 use crate::stats::{PlaybackStats, Source};
 
 /// A message between simulated nodes. The rare, large registry messages are boxed so that
@@ -317,9 +317,44 @@ pub struct ShoalCores {
     scale: u64,
     /// Round trips to the origin before a play reaches the core (`client.play_setup_round_trips`).
     setup_rounds: u32,
+    /// Every listener core's configuration before its per-peer values (cache, upload):
+    /// the shipped client's defaults with the scenario's `[peer]` thresholds.
+    peer_config: PeerConfig,
     /// Decoded manifests shared by every peer core of the run (one copy per track, not per
     /// peer; the cores share only what they verified to be the same bytes).
     manifests: ManifestPool,
+}
+
+/// The shipped client's core configuration with the thresholds `[peer]` sets.
+fn peer_config(p: &PeerSection) -> PeerConfig {
+    let mut cfg = PeerConfig::default();
+    let sch = &mut cfg.scheduler;
+    let n = |v: u32| usize::try_from(v).unwrap_or(usize::MAX);
+    if let Some(v) = p.hedge_start_chunks {
+        sch.hedge_start_chunks = n(v);
+    }
+    if let Some(v) = p.lookup_wait_ms {
+        sch.lookup_wait_ms = v;
+    }
+    if let Some(v) = p.buffer_ahead_ms {
+        sch.buffer_ahead_ms = v;
+    }
+    if let Some(v) = p.urgent_buffer_ms {
+        sch.urgent_buffer_ms = v;
+    }
+    if let Some(v) = p.max_in_flight_per_peer {
+        sch.max_in_flight_per_peer = n(v);
+    }
+    if let Some(v) = p.max_peers_per_track {
+        sch.max_peers_per_track = n(v);
+    }
+    if let Some(v) = p.prefetch_before_end_ms {
+        sch.prefetch_before_end_ms = v;
+    }
+    if let Some(v) = p.max_uploads {
+        cfg.server.max_uploads = n(v);
+    }
+    cfg
 }
 
 impl ShoalCores {
@@ -329,6 +364,7 @@ impl ShoalCores {
             ttl: std::time::Duration::from_secs(s.tracker.ttl_s as u64),
             ..RegistryConfig::default()
         };
+        let peer_config = peer_config(&s.peer);
         Self {
             catalog: SynthCatalog::new(
                 seed,
@@ -341,8 +377,9 @@ impl ShoalCores {
             origin_tracks: Vec::new(),
             tracker: NodeId::from_index(u64::MAX),
             registry,
-            lookup_limit: u16::try_from(PeerConfig::default().scheduler.max_peers_per_track)
+            lookup_limit: u16::try_from(peer_config.scheduler.max_peers_per_track)
                 .unwrap_or(u16::MAX),
+            peer_config,
             peers: Vec::new(),
             counters: RegistryCounters::default(),
             read_us: (s.cache.read_ms * 1000.0) as u64,
@@ -633,8 +670,9 @@ impl Cores for ShoalCores {
         }
         match info.role {
             Role::Peer => {
-                // The client's defaults; byte-valued ones in payload units (`scale`).
-                let mut cfg = PeerConfig::default();
+                // The client's defaults (and the scenario's `[peer]`); byte-valued ones in
+                // payload units (`scale`).
+                let mut cfg = self.peer_config.clone();
                 let sch = &mut cfg.scheduler;
                 sch.cache.max_bytes = self.scaled(info.cache_bytes);
                 sch.initial_peer_rate = self.scaled(sch.initial_peer_rate);
@@ -1122,6 +1160,32 @@ impl Cores for ShoalCores {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_section_sets_only_what_it_names() {
+        assert_eq!(peer_config(&PeerSection::default()), PeerConfig::default());
+        let p = PeerSection {
+            hedge_start_chunks: Some(3),
+            lookup_wait_ms: Some(0),
+            buffer_ahead_ms: Some(15_000),
+            urgent_buffer_ms: Some(2_000),
+            max_in_flight_per_peer: Some(4),
+            max_peers_per_track: Some(60),
+            prefetch_before_end_ms: Some(10_000),
+            max_uploads: Some(4),
+        };
+        let got = peer_config(&p);
+        let mut want = PeerConfig::default();
+        want.scheduler.hedge_start_chunks = 3;
+        want.scheduler.lookup_wait_ms = 0;
+        want.scheduler.buffer_ahead_ms = 15_000;
+        want.scheduler.urgent_buffer_ms = 2_000;
+        want.scheduler.max_in_flight_per_peer = 4;
+        want.scheduler.max_peers_per_track = 60;
+        want.scheduler.prefetch_before_end_ms = 10_000;
+        want.server.max_uploads = 4;
+        assert_eq!(got, want);
+    }
 
     fn announce(tracks: Vec<TrackId>, via: u64, region: &str) -> SimMsg {
         SimMsg::Announce(Box::new(Announce {

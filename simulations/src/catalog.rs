@@ -5,10 +5,14 @@
 //! whose ids are the BLAKE3 of those bytes — so the real cores verify real hashes.
 //! Tracks are materialised on first use.
 
+use std::collections::hash_map::Entry;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use shoal_protocol::chunk::MAX_CHUNK_BYTES;
 use shoal_protocol::{ChunkId, ChunkInfo, Manifest, SAMPLE_RATE, TrackId};
+
+use shoal_peer::core::ManifestPool;
 
 use crate::rng::{IdMap, Rng};
 use crate::scenario::Dist;
@@ -36,8 +40,17 @@ pub struct SynthTrack {
     pub id: TrackId,
     /// Canonical manifest bytes.
     pub manifest: Vec<u8>,
+    /// The decoded manifest, the very one the peer cores share through the run's
+    /// [`ManifestPool`] (one chunk list per track in the whole run, not one here and one
+    /// there).
+    pub decoded: Arc<Manifest>,
+}
+
+impl SynthTrack {
     /// The manifest's chunk list.
-    pub chunks: Vec<ChunkInfo>,
+    pub fn chunks(&self) -> &[ChunkInfo] {
+        &self.decoded.chunks
+    }
 }
 
 /// The catalog of one run.
@@ -48,7 +61,14 @@ pub struct SynthCatalog {
     bytes_per_s: f64,
     tracks: IdMap<u32, Rc<SynthTrack>>,
     by_id: IdMap<TrackId, u32>,
-    by_chunk: IdMap<ChunkId, (u32, u32)>,
+    /// (catalog index, chunk index) by the first 8 bytes of the chunk id: 16 bytes an entry
+    /// instead of 40, for the millions of chunks of a large run. A chunk whose prefix is
+    /// already taken (ids are BLAKE3 hashes: about once in 10^7 runs of 10^7 chunks) goes to
+    /// `by_chunk_overflow`, under its whole id; a lookup checks the whole id either way.
+    by_chunk: IdMap<u64, (u32, u32)>,
+    by_chunk_overflow: IdMap<ChunkId, (u32, u32)>,
+    /// Shares decoded manifests with the peer cores.
+    pool: ManifestPool,
     /// Random filler shared by all chunks (64 KiB, from the seed).
     block: Vec<u8>,
     /// Payloads carry 1/scale of the bytes they model (`catalog.payload_scale`).
@@ -67,6 +87,8 @@ impl SynthCatalog {
             tracks: IdMap::default(),
             by_id: IdMap::default(),
             by_chunk: IdMap::default(),
+            by_chunk_overflow: IdMap::default(),
+            pool: ManifestPool::new(),
             block: {
                 let mut b = vec![0u8; MAX_CHUNK_BYTES];
                 let mut h = blake3::Hasher::new();
@@ -76,6 +98,18 @@ impl SynthCatalog {
                 b
             },
         }
+    }
+
+    /// The same catalog, sharing decoded manifests with the cores that use `pool`.
+    pub fn with_pool(mut self, pool: ManifestPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    fn prefix(id: &ChunkId) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&id.as_bytes()[..8]);
+        u64::from_le_bytes(w)
     }
 
     /// Bytes of chunk `index` of track `track` (`len` bytes): the version byte, a 16-byte
@@ -151,18 +185,31 @@ impl SynthCatalog {
             done_ms += ms;
         }
         let total = start.saturating_sub(u64::from(PRE_SKIP)).max(1);
-        let manifest = Manifest::new(2, PRE_SKIP, total, chunks.clone())
-            .expect("synthetic manifests satisfy the manifest invariants (tested)");
-        let bytes = manifest.encode();
+        let bytes = Manifest::new(2, PRE_SKIP, total, chunks)
+            .expect("synthetic manifests satisfy the manifest invariants (tested)")
+            .encode();
+        let (id, decoded) = self
+            .pool
+            .share(&bytes)
+            .expect("a manifest decodes from its own encoding (tested)");
         let t = Rc::new(SynthTrack {
             index: track,
-            id: TrackId::of(&bytes),
+            id,
             manifest: bytes,
-            chunks,
+            decoded,
         });
         self.by_id.insert(t.id, track);
-        for (i, c) in t.chunks.iter().enumerate() {
-            self.by_chunk.insert(c.id, (track, i as u32));
+        for (i, c) in t.chunks().iter().enumerate() {
+            let at = (track, i as u32);
+            let key = Self::prefix(&c.id);
+            match self.by_chunk.entry(key) {
+                Entry::Vacant(e) => {
+                    e.insert(at);
+                }
+                Entry::Occupied(_) => {
+                    self.by_chunk_overflow.insert(c.id, at);
+                }
+            }
         }
         self.tracks.insert(track, Rc::clone(&t));
         t
@@ -175,13 +222,24 @@ impl SynthCatalog {
 
     /// The (catalog index, chunk index) of a chunk of a materialised track, by id.
     pub fn locate(&self, id: &ChunkId) -> Option<(u32, u32)> {
-        self.by_chunk.get(id).copied()
+        self.find(id).map(|(track, index, _)| (track, index))
+    }
+
+    /// (catalog index, chunk index, length) of a chunk of a materialised track.
+    fn find(&self, id: &ChunkId) -> Option<(u32, u32, u32)> {
+        let info = |(track, index): (u32, u32)| {
+            let c = self.tracks.get(&track)?.chunks().get(index as usize)?;
+            (c.id == *id).then_some((track, index, c.len))
+        };
+        self.by_chunk
+            .get(&Self::prefix(id))
+            .and_then(|&at| info(at))
+            .or_else(|| self.by_chunk_overflow.get(id).and_then(|&at| info(at)))
     }
 
     /// Bytes of a chunk of a materialised track, by id.
     pub fn bytes_of_chunk(&self, id: &ChunkId) -> Option<Vec<u8>> {
-        let (track, index) = *self.by_chunk.get(id)?;
-        let len = self.tracks.get(&track)?.chunks.get(index as usize)?.len;
+        let (track, index, len) = self.find(id)?;
         Some(self.chunk_bytes(track, index, len))
     }
 
@@ -199,6 +257,31 @@ impl SynthCatalog {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_chunk_whose_id_prefix_is_taken_is_still_found() {
+        let d = Dist::Const(20.0);
+        // Track 1's first chunk id, from a twin catalog (same seed, same bytes).
+        let b0 = SynthCatalog::new(9, d, 160.0, 1).track(1).chunks()[0].id;
+        let mut c = SynthCatalog::new(9, d, 160.0, 1);
+        let a0 = c.track(0).chunks()[0].id;
+        // Pretend track 0's first chunk shares track 1's first 8 id bytes.
+        c.by_chunk.remove(&SynthCatalog::prefix(&a0));
+        c.by_chunk.insert(SynthCatalog::prefix(&b0), (0, 0));
+        c.by_chunk_overflow.insert(a0, (0, 0));
+        c.track(1);
+        assert_eq!(
+            c.by_chunk_overflow.get(&b0),
+            Some(&(1, 0)),
+            "collision overflowed"
+        );
+        assert_eq!(c.locate(&b0), Some((1, 0)));
+        assert_eq!(c.locate(&a0), Some((0, 0)));
+        let bytes = c.bytes_of_chunk(&b0).expect("found");
+        assert_eq!(ChunkId::of(&bytes), b0);
+        assert_eq!(c.locate(&ChunkId::of(b"not in the catalog")), None);
+    }
+
     use super::*;
 
     #[test]
@@ -217,8 +300,8 @@ mod tests {
         let mut full = SynthCatalog::new(5, d, 160.0, 1);
         let mut tiny = SynthCatalog::new(5, d, 160.0, 64);
         let (a, b) = (full.track(3), tiny.track(3));
-        assert_eq!(a.chunks.len(), b.chunks.len(), "same chunk layout");
-        for (x, y) in a.chunks.iter().zip(&b.chunks) {
+        assert_eq!(a.chunks().len(), b.chunks().len(), "same chunk layout");
+        for (x, y) in a.chunks().iter().zip(b.chunks()) {
             assert_eq!((x.start, x.samples), (y.start, y.samples));
             if x.len < 17 * 64 {
                 assert_eq!(y.len, 17, "the shortest payload that stays unique");
@@ -247,8 +330,8 @@ mod tests {
             let dur = m.duration().as_secs_f64();
             let want = track_duration_s(5, &c.duration, track);
             assert!((dur - want).abs() < 0.1, "{dur} vs {want}");
-            assert!(t.chunks[0].len < t.chunks[1].len, "short first chunk");
-            for (i, ch) in t.chunks.iter().enumerate() {
+            assert!(t.chunks()[0].len < t.chunks()[1].len, "short first chunk");
+            for (i, ch) in t.chunks().iter().enumerate() {
                 let b = c.chunk_bytes(track, i as u32, ch.len);
                 assert!(ch.id.matches(&b));
                 assert_eq!(c.bytes_of_chunk(&ch.id), Some(b));
@@ -258,6 +341,6 @@ mod tests {
         // Different tracks never share chunk ids.
         let a = c.track(0);
         let b = c.track(1);
-        assert_ne!(a.chunks[0].id, b.chunks[0].id);
+        assert_ne!(a.chunks()[0].id, b.chunks()[0].id);
     }
 }

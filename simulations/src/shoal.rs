@@ -365,13 +365,15 @@ impl ShoalCores {
             ..RegistryConfig::default()
         };
         let peer_config = peer_config(&s.peer);
+        let manifests = ManifestPool::new();
         Self {
             catalog: SynthCatalog::new(
                 seed,
                 s.catalog.track_duration_s,
                 s.catalog.bitrate_kbps,
                 s.catalog.payload_scale,
-            ),
+            )
+            .with_pool(manifests.clone()),
             origin_bps: (s.bandwidth.origin_mbps * 1e6 / 8.0) as u64,
             origins: Vec::new(),
             origin_tracks: Vec::new(),
@@ -385,7 +387,7 @@ impl ShoalCores {
             read_us: (s.cache.read_ms * 1000.0) as u64,
             setup_rounds: s.client.play_setup_round_trips,
             scale: u64::from(s.catalog.payload_scale.max(1)),
-            manifests: ManifestPool::new(),
+            manifests,
         }
     }
 
@@ -411,7 +413,7 @@ impl ShoalCores {
         feedback: &mut Vec<Feedback<Self>>,
     ) {
         let of = if on {
-            u32::try_from(self.catalog.track(track).chunks.len()).unwrap_or(u32::MAX)
+            u32::try_from(self.catalog.track(track).chunks().len()).unwrap_or(u32::MAX)
         } else {
             0
         };
@@ -706,8 +708,8 @@ impl Cores for ShoalCores {
                             bytes: track.manifest.clone(),
                         })),
                     );
-                    let mut held = Held::new(u32::try_from(track.chunks.len()).unwrap_or(0));
-                    for (i, c) in track.chunks.iter().enumerate() {
+                    let mut held = Held::new(u32::try_from(track.chunks().len()).unwrap_or(0));
+                    for (i, c) in track.chunks().iter().enumerate() {
                         core.handle_input(
                             Time::ZERO,
                             Input::Command(PeerCommand::Fetch(SchedulerCommand::CacheHas {
@@ -792,7 +794,7 @@ impl Cores for ShoalCores {
         for packed in disk {
             let (t, i) = ((packed >> 32) as u32, packed as u32);
             let track = self.catalog.track(t);
-            if let Some(c) = track.chunks.get(i as usize) {
+            if let Some(c) = track.chunks().get(i as usize) {
                 core.handle_input(
                     now,
                     cmd(SchedulerCommand::CacheHas {
@@ -1054,15 +1056,14 @@ impl Cores for ShoalCores {
                 };
                 self.origin_tracks[pos].insert(*track);
                 let t = self.catalog.track(index);
-                if let Ok(m) = shoal_protocol::Manifest::decode(&t.manifest) {
-                    to_receiver.push(Feedback::Command(PeerCommand::Serve(
-                        ServerCommand::Track {
-                            track: t.id,
-                            manifest: std::sync::Arc::new(m),
-                        },
-                    )));
-                }
-                for c in &t.chunks {
+                // The catalog's decoded manifest, shared with the cores (not a fresh copy).
+                to_receiver.push(Feedback::Command(PeerCommand::Serve(
+                    ServerCommand::Track {
+                        track: t.id,
+                        manifest: std::sync::Arc::clone(&t.decoded),
+                    },
+                )));
+                for c in t.chunks() {
                     to_receiver.push(Feedback::Command(PeerCommand::Serve(ServerCommand::Hold {
                         chunk: c.id,
                         len: c.len,
@@ -1274,7 +1275,7 @@ mod tests {
         assert_eq!(
             before.len(),
             (5..=8)
-                .map(|t| cores.catalog.track(t).chunks.len())
+                .map(|t| cores.catalog.track(t).chunks().len())
                 .sum::<usize>()
         );
         assert!(cores.quit(0, SimNode::Peer(core)).is_none(), "dropped");
@@ -1287,7 +1288,7 @@ mod tests {
         assert!(cores.peers[0].disk.is_empty());
         // Manifests of held tracks are back too: the server answers for them.
         let t = cores.catalog.track(6);
-        assert!(again.serves(&t.chunks[0].id));
+        assert!(again.serves(&t.chunks()[0].id));
     }
 
     #[test]

@@ -151,6 +151,12 @@ impl CacheIndex {
         };
         match self.free {
             NIL => {
+                // Grow by a quarter, not double: a simulated run holds one index per listener,
+                // and doubling leaves a third of the slots unused on average. Still amortised
+                // O(1) per insert.
+                if self.slots.len() == self.slots.capacity() {
+                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
+                }
                 self.slots.push(slot);
                 (self.slots.len() - 1) as u32
             }

@@ -30,6 +30,15 @@ impl ManifestPool {
         Self::default()
     }
 
+    /// The track id of the canonical manifest `bytes` (their hash) and its shared decoded
+    /// manifest: for a driver that makes manifests itself (the simulator's catalog), so that
+    /// it and every core share one decoded copy. While the returned `Arc` lives, so does the
+    /// pool's entry.
+    pub fn share(&self, bytes: &[u8]) -> Result<(TrackId, Arc<Manifest>), ManifestError> {
+        let track = TrackId::of(bytes);
+        self.decode(track, bytes).map(|m| (track, m))
+    }
+
     /// The decoded manifest of `track`, whose canonical bytes are `bytes`: the one another
     /// core decoded if it is still alive, otherwise decoded now and shared from now on. The
     /// caller has checked `TrackId::of(bytes) == track`.

@@ -782,14 +782,24 @@ impl Driver {
 
     /// Carries out everything the cores want until they only have a timer left.
     fn drain(&mut self) {
+        // Messages go out before events are acted on: an event may mean disk work (storing
+        // the manifest that just arrived, reading a chunk to serve), and the request for the
+        // first chunk, queued behind that manifest's event, should not wait for it.
+        let mut events = Vec::new();
         loop {
             match self.core.poll_output() {
                 Output::Timeout(t) => {
-                    self.core_wake = t;
-                    break;
+                    if events.is_empty() {
+                        self.core_wake = t;
+                        break;
+                    }
+                    // Acting on them may feed the core: poll it again afterwards.
+                    for e in events.drain(..) {
+                        self.on_core_event(e);
+                    }
                 }
                 Output::Send { to, msg } => self.send(to, msg),
-                Output::Event(e) => self.on_core_event(e),
+                Output::Event(e) => events.push(e),
             }
         }
         self.reconcile_attachment();

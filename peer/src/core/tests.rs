@@ -34,8 +34,23 @@ fn secs(s: u64) -> Time {
 
 /// A listener and an origin (1 MB/s) holding `tracks`; the listener knows the manifests.
 fn setup(tracks: &[&TestTrack], origin_latency_ms: u64, give_manifests: bool) -> Net {
+    setup_with(
+        PeerConfig::default(),
+        tracks,
+        origin_latency_ms,
+        give_manifests,
+    )
+}
+
+/// [`setup`] with the listener's `config`.
+fn setup_with(
+    config: PeerConfig,
+    tracks: &[&TestTrack],
+    origin_latency_ms: u64,
+    give_manifests: bool,
+) -> Net {
     let mut net = Net::new();
-    net.add_listener(n(LISTENER), PeerConfig::default(), Some(n(ORIGIN)));
+    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
     net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, tracks);
     net.set_latency(n(LISTENER), n(ORIGIN), origin_latency_ms);
     if give_manifests {
@@ -833,22 +848,11 @@ fn a_peer_lost_with_our_requests_is_left_alone_even_when_listed_again() {
     // and the driver soon reports it lost (the dial failed) before any request went late.
     // The next lookup lists it again; asking it again at once would cost another dial.
     let t = make_track(18, 30, 16_000);
-    let mut net = Net::new();
     let mut config = PeerConfig::default();
     config.scheduler.lost_peer_backoff_ms = 20_000;
     // A short window: a chunk is asked every 5 s of playback, not 30 s of them at once.
     config.scheduler.buffer_ahead_ms = 6_000;
-    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
-    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
-    net.set_latency(n(LISTENER), n(ORIGIN), 40);
-    net.command_at(
-        Time::ZERO,
-        n(LISTENER),
-        SchedulerCommand::Manifest {
-            track: t.id,
-            bytes: t.manifest_bytes.clone(),
-        },
-    );
+    let mut net = setup_with(config, &[&t], 40, true);
     add_peer(&mut net, 3, 200_000.0, 30, &[&t]);
     let holders = SchedulerCommand::Peers {
         track: t.id,
@@ -1186,20 +1190,9 @@ fn a_holder_that_never_answers_does_not_stall_playback() {
     // it is expected only seconds later and goes late only after it is due: the buffer
     // crossing the urgent threshold must start the re-checks that send it to the origin.
     let t = make_track(19, 12, 16_000);
-    let mut net = Net::new();
     let mut config = PeerConfig::default();
     config.scheduler.initial_peer_rate = 4_000;
-    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
-    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
-    net.set_latency(n(LISTENER), n(ORIGIN), 40);
-    net.command_at(
-        Time::ZERO,
-        n(LISTENER),
-        SchedulerCommand::Manifest {
-            track: t.id,
-            bytes: t.manifest_bytes.clone(),
-        },
-    );
+    let mut net = setup_with(config, &[&t], 40, true);
     net.command_at(
         Time::ZERO,
         n(LISTENER),
@@ -1229,25 +1222,18 @@ fn an_urgent_late_chunk_goes_to_the_origin_not_to_another_unheard_peer() {
     // the origin), never from another peer we have not heard from. Every chunk is urgent
     // here (`urgent_buffer_ms` spans the whole window).
     let t = make_track(20, 12, 16_000);
-    let mut net = Net::new();
     let mut config = PeerConfig::default();
     config.scheduler.urgent_buffer_ms = 30_000;
-    net.add_listener(n(LISTENER), config, Some(n(ORIGIN)));
-    net.add_server(n(ORIGIN), ServerConfig::default(), 1e6, &[&t]);
-    net.set_latency(n(LISTENER), n(ORIGIN), 40);
+    let mut net = setup_with(config, &[&t], 40, true);
     let unreachable = [2, 4, 5, 6, 7];
-    for c in [
-        SchedulerCommand::Manifest {
-            track: t.id,
-            bytes: t.manifest_bytes.clone(),
-        },
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
         SchedulerCommand::Peers {
             track: t.id,
             peers: unreachable.iter().map(|&i| peer(i, 5)).collect(),
         },
-    ] {
-        net.command_at(Time::ZERO, n(LISTENER), c);
-    }
+    );
     play(&mut net, Time::ZERO, t.id);
     run_to_end(&mut net, 1, secs(400));
     let mut askers: BTreeMap<ChunkId, Vec<u64>> = BTreeMap::new();

@@ -1823,19 +1823,21 @@ impl FetchScheduler {
         }
         if asked.iter().all(|(_, late, _)| *late) {
             // Every request for it is late: try another peer that would beat them. For an
-            // urgent chunk, not one that has never answered us: its estimate is a guess, and
-            // when the late one could not be reached either (NATed holders) each such guess
-            // costs a late timer while the buffer runs dry. The origin's rate is known.
+            // urgent chunk, the origin rather than a peer that has never answered us, when
+            // the origin can take it: the peer's estimate is a guess, and when the late one
+            // could not be reached either (NATed holders) each such guess costs a late timer
+            // while the buffer runs dry. The origin's rate is known.
             let peer = self
                 .best_peer(f, index, len, &exclude, now)
                 .filter(|(_, pt)| *pt < best_expected);
             let unheard = |p: &NodeId| !self.nodes.get(p).is_some_and(|n| n.heard);
-            match peer {
+            let instead = match peer {
                 Some((p, _)) if urgent && !origin_asked && unheard(&p) => {
-                    if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {
-                        self.issue(now, o, track, What::Chunk(index), len);
-                    }
+                    self.origin_candidate(&exclude, len, now)
                 }
+                _ => None,
+            };
+            match instead.or(peer) {
                 Some((p, _)) => self.issue(now, p, track, What::Chunk(index), len),
                 None if !self.has_holders(f, index) && lookup_answered && !origin_asked => {
                     if let Some((o, _)) = self.origin_candidate(&exclude, len, now) {

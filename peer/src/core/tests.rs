@@ -1255,3 +1255,41 @@ fn an_urgent_late_chunk_goes_to_the_origin_not_to_another_unheard_peer() {
     assert_eq!(stats.stutters, 0, "{stats:?}");
     assert_played_correctly(&net, &t);
 }
+
+#[test]
+fn without_an_origin_a_late_chunk_still_goes_to_the_next_peer() {
+    // No origin to fall back on (the bench's listeners, a peer-only deployment): the nearest
+    // holder cannot be reached, so its late chunks go to the next holder even though that
+    // one, far away (1 s each way), has not answered yet.
+    let t = make_track(21, 12, 16_000);
+    let mut net = Net::new();
+    net.add_listener(n(LISTENER), PeerConfig::default(), None);
+    add_peer(&mut net, 3, 200_000.0, 1_000, &[&t]);
+    for c in [
+        SchedulerCommand::Manifest {
+            track: t.id,
+            bytes: t.manifest_bytes.clone(),
+        },
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 5), peer(3, 60)],
+        },
+    ] {
+        net.command_at(Time::ZERO, n(LISTENER), c);
+    }
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(400));
+    assert!(
+        !get_chunks_to(&net, n(2)).is_empty(),
+        "the nearest was tried"
+    );
+    let stats = &net.finished(n(LISTENER))[0];
+    assert!(stats.completed);
+    // Two seconds of round trip to the far holder, not a request timeout.
+    assert!(
+        stats.time_to_first_audio_ms.is_some_and(|ms| ms < 5_000),
+        "{stats:?}"
+    );
+    assert_eq!(stats.bytes_by_source.peers, t.manifest.total_bytes());
+    assert_played_correctly(&net, &t);
+}

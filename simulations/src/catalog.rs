@@ -63,7 +63,7 @@ pub struct SynthCatalog {
     by_id: IdMap<TrackId, u32>,
     /// (catalog index, chunk index) by the first 8 bytes of the chunk id: 16 bytes an entry
     /// instead of 40, for the millions of chunks of a large run. A chunk whose prefix is
-    /// already taken (ids are BLAKE3 hashes: about once in 10^7 runs of 10^7 chunks) goes to
+    /// already taken (ids are BLAKE3 hashes: about once in 400,000 runs of 10^7 chunks) goes to
     /// `by_chunk_overflow`, under its whole id; a lookup checks the whole id either way.
     by_chunk: IdMap<u64, (u32, u32)>,
     by_chunk_overflow: IdMap<ChunkId, (u32, u32)>,

@@ -953,13 +953,13 @@ pub fn validate(s: &Scenario) -> Check {
         },
     )?;
     let pe = &s.peer;
-    for (v, key) in [
-        (pe.hedge_start_chunks, "peer.hedge_start_chunks"),
-        (pe.max_in_flight_per_peer, "peer.max_in_flight_per_peer"),
-        (pe.max_peers_per_track, "peer.max_peers_per_track"),
-        (pe.max_uploads, "peer.max_uploads"),
+    // Counts; 0 is meaningful only for hedging (no hedged start).
+    for (v, key, min) in [
+        (pe.hedge_start_chunks, "peer.hedge_start_chunks", 0),
+        (pe.max_in_flight_per_peer, "peer.max_in_flight_per_peer", 1),
+        (pe.max_peers_per_track, "peer.max_peers_per_track", 1),
+        (pe.max_uploads, "peer.max_uploads", 1),
     ] {
-        let min = u32::from(key != "peer.hedge_start_chunks");
         need(v.is_none_or(|v| (min..=1024).contains(&v)), key, || {
             format!("must be between {min} and 1024 (got {})", v.unwrap_or(0))
         })?;

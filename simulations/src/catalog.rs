@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use shoal_protocol::chunk::MAX_CHUNK_BYTES;
+use shoal_protocol::opus::MAX_PACKET_SAMPLES;
 use shoal_protocol::{ChunkId, ChunkInfo, Manifest, SAMPLE_RATE, TrackId};
 
 use shoal_peer::core::ManifestPool;
@@ -21,6 +22,16 @@ use crate::scenario::Dist;
 pub const FIRST_CHUNK_MS: u64 = 500;
 /// Duration of later chunks, ms (a few seconds, ≤ 64 KiB at any sane bitrate).
 pub const CHUNK_MS: u64 = 3000;
+/// The largest `catalog.payload_scale` at `bitrate_kbps` that leaves a full chunk the bytes
+/// its audio needs as Opus packets (3 bytes per 120 ms packet, the manifest's rule), with one
+/// byte of slack for rounding.
+pub fn max_payload_scale(bitrate_kbps: f64) -> f64 {
+    let modelled =
+        (bitrate_kbps * 1000.0 / 8.0 * CHUNK_MS as f64 / 1000.0).min(MAX_CHUNK_BYTES as f64);
+    let needed = 3.0 * (CHUNK_MS as f64 / 120.0).ceil() + 1.0;
+    modelled / needed
+}
+
 /// Opus pre-skip written in synthetic manifests (libopus' usual 312 samples).
 pub const PRE_SKIP: u16 = 312;
 
@@ -139,13 +150,17 @@ impl SynthCatalog {
         v
     }
 
-    /// Payload bytes of a chunk that models `modelled` bytes: `modelled / scale`, rounded,
-    /// never below the 17 bytes that make its id unique.
-    pub fn payload_len(&self, modelled: u32) -> u32 {
-        if self.scale == 1 {
-            return modelled;
-        }
-        ((f64::from(modelled) / f64::from(self.scale)).round() as u32).max(17)
+    /// Payload bytes of a chunk that models `modelled` bytes of `samples` samples:
+    /// `modelled / scale`, rounded, never below the 17 bytes that make its id unique nor below
+    /// what the manifest requires of that much audio (3 bytes per 120 ms packet; validation
+    /// keeps full chunks above that floor, so it only lifts short last chunks).
+    pub fn payload_len(&self, modelled: u32, samples: u32) -> u32 {
+        let scaled = if self.scale == 1 {
+            modelled
+        } else {
+            ((f64::from(modelled) / f64::from(self.scale)).round() as u32).max(17)
+        };
+        scaled.max(3 * samples.div_ceil(MAX_PACKET_SAMPLES))
     }
 
     /// Payloads carry 1/`scale()` of the bytes they model.
@@ -172,7 +187,7 @@ impl SynthCatalog {
             let samples = (ms * u64::from(SAMPLE_RATE) / 1000).max(1) as u32;
             let modelled =
                 ((self.bytes_per_s * ms as f64 / 1000.0) as u32).clamp(64, MAX_CHUNK_BYTES as u32);
-            let len = self.payload_len(modelled);
+            let len = self.payload_len(modelled, samples);
             let index = chunks.len() as u32;
             let id = ChunkId::of(&self.chunk_bytes(track, index, len));
             chunks.push(ChunkInfo {
@@ -287,8 +302,29 @@ mod tests {
     #[test]
     fn manifests_are_valid_and_chunks_hash_to_their_ids() {
         for scale in [1, 64] {
-            valid_at_scale(scale);
+            valid_at(scale, 160.0);
         }
+    }
+
+    #[test]
+    fn the_largest_allowed_payload_scale_still_holds_the_audio() {
+        // The limit validation enforces, at low, usual and clamped (> 64 KiB) bitrates; each
+        // scale here used to build manifests the manifest check refused (a panic at 1024).
+        for kbps in [6.5, 32.0, 160.0, 510.0] {
+            let max = max_payload_scale(kbps).floor().clamp(1.0, 1024.0) as u32;
+            valid_at(1, kbps);
+            valid_at(max, kbps);
+        }
+        // Below Opus' lowest rate, unscaled chunks are lifted to what their audio needs.
+        valid_at(1, 0.1);
+        assert!(
+            max_payload_scale(160.0) < 1024.0,
+            "1024 is refused at 160 kbps"
+        );
+        assert!(
+            max_payload_scale(160.0) >= 256.0,
+            "the default scale is allowed"
+        );
     }
 
     #[test]
@@ -312,14 +348,14 @@ mod tests {
         }
     }
 
-    fn valid_at_scale(scale: u32) {
+    fn valid_at(scale: u32, kbps: f64) {
         let mut c = SynthCatalog::new(
             5,
             Dist::Lognormal {
                 mu: 225f64.ln(),
                 sigma: 0.3,
             },
-            160.0,
+            kbps,
             scale,
         );
         for track in [0u32, 1, 77, 99_999] {

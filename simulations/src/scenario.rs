@@ -917,6 +917,22 @@ pub fn validate(s: &Scenario) -> Check {
         "catalog.payload_scale",
         || format!("must be 1..=1024 (got {})", c.payload_scale),
     )?;
+    // A chunk's payload must hold its audio as Opus packets (≥ 3 bytes per ≤ 120 ms packet,
+    // the manifest's rule): a full chunk models bitrate × CHUNK_MS bytes.
+    let max_scale = crate::catalog::max_payload_scale(c.bitrate_kbps);
+    need(
+        c.payload_scale == 1 || f64::from(c.payload_scale) <= max_scale,
+        "catalog.payload_scale",
+        || {
+            format!(
+                "must be ≤ {} at catalog.bitrate_kbps = {} (got {}): a scaled chunk would be too \
+                 small to hold its audio (≥ 3 bytes per 120 ms)",
+                max_scale.floor().max(1.0),
+                c.bitrate_kbps,
+                c.payload_scale
+            )
+        },
+    )?;
     for (i, r) in c.releases.iter().enumerate() {
         let k = format!("catalog.releases[{i}]");
         non_negative(r.at_s, &format!("{k}.at_s"))?;
@@ -1311,6 +1327,11 @@ mod tests {
         let e = err("[catalog]\nzipf_alpha = 1.0\n", &["catalog.zipf_alpha=0"]);
         assert!(
             e.contains("--set catalog.zipf_alpha=0") && e.contains("> 0"),
+            "{e}"
+        );
+        let e = err("", &["catalog.payload_scale=1024"]);
+        assert!(
+            e.contains("catalog.payload_scale") && e.contains("must be ≤ 789"),
             "{e}"
         );
         let e = err("", &["catalog.zipf=1"]);

@@ -620,6 +620,8 @@ pub struct PeerSection {
     pub buffer_ahead_ms: Option<u64>,
     /// Buffer below which missing chunks are urgent (`urgent_buffer_ms`; default 4,000).
     pub urgent_buffer_ms: Option<u64>,
+    /// Audio there before a play starts (`start_buffer_ms`; default 0: the first chunk).
+    pub start_buffer_ms: Option<u64>,
     /// Requests in flight to one peer (`max_in_flight_per_peer`; default 2).
     pub max_in_flight_per_peer: Option<u32>,
     /// Holders kept per track (`max_peers_per_track`; default 16); a lookup asks for this many.
@@ -984,6 +986,7 @@ pub fn validate(s: &Scenario) -> Check {
         (pe.lookup_wait_ms, "peer.lookup_wait_ms"),
         (pe.buffer_ahead_ms, "peer.buffer_ahead_ms"),
         (pe.urgent_buffer_ms, "peer.urgent_buffer_ms"),
+        (pe.start_buffer_ms, "peer.start_buffer_ms"),
         (pe.prefetch_before_end_ms, "peer.prefetch_before_end_ms"),
     ] {
         need(v.is_none_or(|v| v <= 3_600_000), key, || {

@@ -342,6 +342,9 @@ fn peer_config(p: &PeerSection) -> PeerConfig {
     if let Some(v) = p.urgent_buffer_ms {
         sch.urgent_buffer_ms = v;
     }
+    if let Some(v) = p.start_buffer_ms {
+        sch.start_buffer_ms = v;
+    }
     if let Some(v) = p.max_in_flight_per_peer {
         sch.max_in_flight_per_peer = n(v);
     }
@@ -1170,6 +1173,7 @@ mod tests {
             lookup_wait_ms: Some(0),
             buffer_ahead_ms: Some(15_000),
             urgent_buffer_ms: Some(2_000),
+            start_buffer_ms: Some(1_000),
             max_in_flight_per_peer: Some(4),
             max_peers_per_track: Some(60),
             prefetch_before_end_ms: Some(10_000),
@@ -1181,6 +1185,7 @@ mod tests {
         want.scheduler.lookup_wait_ms = 0;
         want.scheduler.buffer_ahead_ms = 15_000;
         want.scheduler.urgent_buffer_ms = 2_000;
+        want.scheduler.start_buffer_ms = 1_000;
         want.scheduler.max_in_flight_per_peer = 4;
         want.scheduler.max_peers_per_track = 60;
         want.scheduler.prefetch_before_end_ms = 10_000;

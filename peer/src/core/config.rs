@@ -20,6 +20,11 @@ pub struct PeerConfig {
 pub struct SchedulerConfig {
     /// Audio ahead of the playback position to keep fetched or in flight (default 30 s).
     pub buffer_ahead_ms: u64,
+    /// A play (or a seek, or the next track of a queue) starts once this much audio is there
+    /// from its position, or the rest of the track (default 0: as soon as the first chunk is,
+    /// Shoal's ≈ 0.5 s start chunk). More trades time to first audio for fewer stutters
+    /// right after the start; librespot, for one, waits for 1 s.
+    pub start_buffer_ms: u64,
     /// At most this many chunks ahead of the position are wanted at once (default 16), so a
     /// low-bitrate track does not open hundreds of requests.
     pub max_chunks_ahead: usize,
@@ -110,6 +115,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             buffer_ahead_ms: 30_000,
+            start_buffer_ms: 0,
             max_chunks_ahead: 16,
             urgent_buffer_ms: 4_000,
             urgent_recheck_ms: 250,

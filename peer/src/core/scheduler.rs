@@ -729,6 +729,17 @@ impl FetchScheduler {
         Some(end)
     }
 
+    /// True when `start_buffer_ms` of audio (or the rest of the track) is there from `pos`.
+    fn start_buffered(&self, pos: u64, track_end: u64) -> bool {
+        if self.config.start_buffer_ms == 0 {
+            return true;
+        }
+        // Never more than the window fetches ahead, or the play would wait for ever.
+        let ms = self.config.start_buffer_ms.min(self.config.buffer_ahead_ms);
+        let want = pos.saturating_add(ms_samples(ms)).min(track_end);
+        self.contiguous_end(pos).is_some_and(|e| e >= want)
+    }
+
     fn pos_now(&self, now: Time) -> Option<u64> {
         let p = self.play.as_ref()?;
         let pos = p.pos?;
@@ -1339,7 +1350,7 @@ impl FetchScheduler {
             let pos_ms = pos.saturating_sub(pre) * 1000 / u64::from(SAMPLE_RATE);
             match p.state {
                 PlayState::Waiting => {
-                    if !have_here {
+                    if !have_here || !self.start_buffered(pos, end) {
                         return;
                     }
                     let ttfa = (!p.started_once).then(|| (now - p.requested).as_millis() as u64);

@@ -1293,3 +1293,48 @@ fn without_an_origin_a_late_chunk_still_goes_to_the_next_peer() {
     assert_eq!(stats.bytes_by_source.peers, t.manifest.total_bytes());
     assert_played_correctly(&net, &t);
 }
+
+#[test]
+fn a_play_starts_once_start_buffer_ms_of_audio_is_there() {
+    // When chunk `index` was handed to playback, and when the play started.
+    let run = |start_buffer_ms: u64| {
+        let t = make_track(41, 6, 50_000);
+        let mut config = PeerConfig::default();
+        config.scheduler.start_buffer_ms = start_buffer_ms;
+        let mut net = setup_with(config, &[&t], 20, true);
+        play(&mut net, Time::ZERO, t.id);
+        run_to_end(&mut net, 1, secs(120));
+        let ready_at = |index: usize| {
+            net.events(n(LISTENER))
+                .find_map(|(at, e)| {
+                    matches!(e, SchedulerEvent::ChunkReady { index: i, .. } if *i == index)
+                        .then_some(at)
+                })
+                .expect("chunk ready")
+        };
+        let started = net
+            .events(n(LISTENER))
+            .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
+            .expect("started");
+        let plays = net.finished(n(LISTENER));
+        assert!(plays.len() == 1 && plays[0].completed, "{plays:?}");
+        (
+            ready_at(0),
+            ready_at(1),
+            started,
+            plays[0].time_to_first_audio_ms,
+        )
+    };
+    // By default the 0.5 s first chunk is enough.
+    let (first, _, started, ttfa) = run(0);
+    assert_eq!(started, first);
+    // 2 s need the 5 s chunk after it too (and it comes later: it is 25 times larger).
+    let (first, second, started, ttfa_2s) = run(2_000);
+    assert!(second > first, "{second:?} {first:?}");
+    assert_eq!(started, second.max(first));
+    assert_eq!(ttfa_2s, Some(started.as_micros() / 1000));
+    assert!(ttfa_2s > ttfa, "{ttfa_2s:?} vs {ttfa:?}");
+    // More than the track holds: it starts with the whole track there, not never.
+    let (_, _, started, _) = run(3_600_000);
+    assert!(started > second);
+}

@@ -254,6 +254,21 @@ impl<M> Engine<M> {
         });
     }
 
+    /// Takes the next sequence number without scheduling anything yet: an event scheduled
+    /// later with it ([`Engine::schedule_with_seq`]) keeps its place among events at the same
+    /// time, as if it had been scheduled now.
+    pub fn reserve_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Schedules `ev` at `at` (clamped to now) with a sequence number from
+    /// [`Engine::reserve_seq`].
+    pub fn schedule_with_seq(&mut self, at: Time, seq: u64, ev: Ev) {
+        let at = at.as_micros().max(self.now);
+        self.heap.push(Entry { at, seq, ev });
+    }
+
     /// The time of the next event, if any.
     pub fn peek_time(&self) -> Option<Time> {
         self.heap.peek().map(|e| Time::from_micros(e.at))
@@ -261,6 +276,11 @@ impl<M> Engine<M> {
 
     /// Removes the next event, advances the clock to it and adds it to the trace.
     pub fn pop(&mut self) -> Option<(Time, Ev)> {
+        self.pop_with_seq().map(|(t, _, ev)| (t, ev))
+    }
+
+    /// [`Engine::pop`], with the event's sequence number.
+    pub fn pop_with_seq(&mut self) -> Option<(Time, u64, Ev)> {
         let e = self.heap.pop()?;
         self.now = e.at;
         self.dispatched += 1;
@@ -269,7 +289,7 @@ impl<M> Engine<M> {
             self.trace.update(&self.trace_buf);
             self.trace_buf.clear();
         }
-        Some((Time::from_micros(e.at), e.ev))
+        Some((Time::from_micros(e.at), e.seq, e.ev))
     }
 
     /// Adds run-specific bytes (e.g. a core event digest) to the trace.
@@ -322,6 +342,28 @@ mod tests {
         // Scheduling in the past is clamped to now.
         e.schedule(Time::from_millis(1), app(9));
         assert_eq!(e.pop().map(|(t, _)| t), Some(Time::from_millis(5)));
+    }
+
+    #[test]
+    fn a_reserved_sequence_number_keeps_its_place_among_equal_times() {
+        let mut e: Engine<()> = Engine::new();
+        let app = |n| Ev::App {
+            node: n,
+            kind: 0,
+            aux: 0,
+        };
+        let early = e.reserve_seq();
+        e.schedule(Time::from_millis(2), app(2));
+        // Scheduled last, but with the number reserved first: it pops first at 2 ms.
+        e.schedule_with_seq(Time::from_millis(2), early, app(1));
+        e.schedule(Time::from_millis(1), app(0));
+        let order: Vec<(u64, u32)> = std::iter::from_fn(|| e.pop_with_seq())
+            .map(|(_, seq, ev)| match ev {
+                Ev::App { node, .. } => (seq, node),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, vec![(3, 0), (1, 1), (2, 2)]);
     }
 
     #[test]

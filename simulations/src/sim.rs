@@ -24,11 +24,34 @@ const FAULT_END: u8 = 5;
 const DRIVER_TIMER: u8 = 6;
 
 /// Per-node driver state besides its link: the core and its timer.
+///
+/// A core moves its timer often (every request sets a deadline). Each move used to push a
+/// heap entry and leave the old one to pop as a no-op; now a move to a later time pushes
+/// nothing while an earlier entry is queued: that entry, when it pops, re-arms at the
+/// wanted time with the sequence number reserved when the timer was set, so the timer fires
+/// exactly where a fresh entry would have (same time, same place among equal times).
 #[derive(Debug)]
 struct Slot<C> {
     core: Option<C>,
+    /// When the core wants its timeout (`u64::MAX`: never), and the sequence number reserved
+    /// for it.
     timer_at: u64,
+    /// `timer_at` clamped to the time it was set (a deadline already past is due then).
+    timer_due: u64,
+    timer_seq: u64,
+    /// Generation of the queued entry that counts; older entries are void.
     timer_gen: u32,
+    /// (time, sequence number) of that entry, if one is queued.
+    queued: Option<(u64, u64)>,
+}
+
+impl<C> Slot<C> {
+    /// Voids the timer and any queued entry (the process is gone or restarted).
+    fn clear_timer(&mut self) {
+        self.timer_gen = self.timer_gen.wrapping_add(1);
+        self.timer_at = u64::MAX;
+        self.queued = None;
+    }
 }
 
 /// Per-listener workload state.
@@ -347,7 +370,10 @@ impl<C: Cores> World<C> {
             slots.push(Slot {
                 core: w.cores.spawn(&info),
                 timer_at: u64::MAX,
+                timer_due: u64::MAX,
+                timer_seq: 0,
                 timer_gen: 0,
+                queued: None,
             });
         }
         w.slots = slots;
@@ -387,10 +413,10 @@ impl<C: Cores> World<C> {
             if t > end {
                 break;
             }
-            let Some((now, ev)) = self.engine.pop() else {
+            let Some((now, seq, ev)) = self.engine.pop_with_seq() else {
                 break;
             };
-            self.dispatch(now, ev);
+            self.dispatch(now, seq, ev);
             if self.engine.dispatched() >= next_progress {
                 next_progress = self.engine.dispatched() + 100_000;
                 progress(now.as_micros() as f64 / 1e6, self.engine.dispatched());
@@ -467,7 +493,7 @@ impl<C: Cores> World<C> {
         }
     }
 
-    fn dispatch(&mut self, now: Time, ev: Ev) {
+    fn dispatch(&mut self, now: Time, seq: u64, ev: Ev) {
         match ev {
             Ev::Deliver { to, from, slot } => {
                 let Some(msg) = self.engine.msgs.take(slot) else {
@@ -505,7 +531,27 @@ impl<C: Cores> World<C> {
             }
             Ev::Timer { node, generation } => {
                 let slot = &mut self.slots[node as usize];
-                if slot.timer_gen != generation || !self.links[node as usize].up {
+                if slot.timer_gen != generation {
+                    return;
+                }
+                slot.queued = None;
+                if !self.links[node as usize].up || slot.timer_at == Time::NEVER.as_micros() {
+                    return;
+                }
+                if (slot.timer_due, slot.timer_seq) != (now.as_micros(), seq) {
+                    // The timer moved later while this entry was queued: re-arm it where a
+                    // fresh entry would have been (see `Slot`).
+                    slot.timer_gen = slot.timer_gen.wrapping_add(1);
+                    slot.queued = Some((slot.timer_due, slot.timer_seq));
+                    let ev = Ev::Timer {
+                        node,
+                        generation: slot.timer_gen,
+                    };
+                    self.engine.schedule_with_seq(
+                        Time::from_micros(slot.timer_due),
+                        slot.timer_seq,
+                        ev,
+                    );
                     return;
                 }
                 slot.timer_at = u64::MAX;
@@ -633,11 +679,18 @@ impl<C: Cores> World<C> {
                 Output::Timeout(t) => {
                     let slot = &mut self.slots[i as usize];
                     if t.as_micros() != slot.timer_at {
+                        // Clamped as the engine clamps: a timeout in the past is due now.
+                        let at = t.as_micros().max(now.as_micros());
                         slot.timer_at = t.as_micros();
-                        slot.timer_gen = slot.timer_gen.wrapping_add(1);
-                        if t != Time::NEVER {
-                            self.engine.schedule(
+                        slot.timer_due = at;
+                        slot.timer_seq = self.engine.reserve_seq();
+                        let covered = slot.queued.is_some_and(|(q, _)| q <= at);
+                        if t != Time::NEVER && !covered {
+                            slot.timer_gen = slot.timer_gen.wrapping_add(1);
+                            slot.queued = Some((at, slot.timer_seq));
+                            self.engine.schedule_with_seq(
                                 t,
+                                slot.timer_seq,
                                 Ev::Timer {
                                     node: i,
                                     generation: slot.timer_gen,
@@ -721,9 +774,7 @@ impl<C: Cores> World<C> {
                 l.generation = l.generation.wrapping_add(1);
                 self.online -= 1;
                 // Its process is gone: pending timers are void.
-                let slot = &mut self.slots[node as usize];
-                slot.timer_gen = slot.timer_gen.wrapping_add(1);
-                slot.timer_at = u64::MAX;
+                self.slots[node as usize].clear_timer();
                 let m = self.s.churn.offline_min.sample(&mut self.churn_rng);
                 let at = now + std::time::Duration::from_micros((m * 60e6) as u64);
                 self.engine.schedule(
@@ -813,8 +864,7 @@ impl<C: Cores> World<C> {
         for node in lo..lo + count {
             self.links[node as usize].up = !start;
             let slot = &mut self.slots[node as usize];
-            slot.timer_gen = slot.timer_gen.wrapping_add(1);
-            slot.timer_at = u64::MAX;
+            slot.clear_timer();
             if start && f.kind == FaultKind::SuperpeerCrash {
                 // A crash loses the process state; a restart builds a fresh core.
                 slot.core = None;

@@ -319,14 +319,17 @@ impl<M> Engine<M> {
 mod tests {
     use super::*;
 
+    fn app(node: u32) -> Ev {
+        Ev::App {
+            node,
+            kind: 0,
+            aux: 0,
+        }
+    }
+
     #[test]
     fn pops_in_time_then_sequence_order() {
         let mut e: Engine<()> = Engine::new();
-        let app = |n| Ev::App {
-            node: n,
-            kind: 0,
-            aux: 0,
-        };
         e.schedule(Time::from_millis(5), app(1));
         e.schedule(Time::from_millis(1), app(2));
         e.schedule(Time::from_millis(5), app(3));
@@ -347,11 +350,6 @@ mod tests {
     #[test]
     fn a_reserved_sequence_number_keeps_its_place_among_equal_times() {
         let mut e: Engine<()> = Engine::new();
-        let app = |n| Ev::App {
-            node: n,
-            kind: 0,
-            aux: 0,
-        };
         let early = e.reserve_seq();
         e.schedule(Time::from_millis(2), app(2));
         // Scheduled last, but with the number reserved first: it pops first at 2 ms.

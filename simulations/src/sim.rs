@@ -33,16 +33,16 @@ const DRIVER_TIMER: u8 = 6;
 #[derive(Debug)]
 struct Slot<C> {
     core: Option<C>,
-    /// When the core wants its timeout (`u64::MAX`: never), and the sequence number reserved
-    /// for it.
+    /// When the core wants its timeout (`u64::MAX`: never), as it said it.
     timer_at: u64,
     /// `timer_at` clamped to the time it was set (a deadline already past is due then).
     timer_due: u64,
+    /// The sequence number reserved when the timer was set.
     timer_seq: u64,
     /// Generation of the queued entry that counts; older entries are void.
     timer_gen: u32,
-    /// (time, sequence number) of that entry, if one is queued.
-    queued: Option<(u64, u64)>,
+    /// Time of that entry, if one is queued.
+    queued: Option<u64>,
 }
 
 impl<C> Slot<C> {
@@ -542,7 +542,7 @@ impl<C: Cores> World<C> {
                     // The timer moved later while this entry was queued: re-arm it where a
                     // fresh entry would have been (see `Slot`).
                     slot.timer_gen = slot.timer_gen.wrapping_add(1);
-                    slot.queued = Some((slot.timer_due, slot.timer_seq));
+                    slot.queued = Some(slot.timer_due);
                     let ev = Ev::Timer {
                         node,
                         generation: slot.timer_gen,
@@ -684,10 +684,10 @@ impl<C: Cores> World<C> {
                         slot.timer_at = t.as_micros();
                         slot.timer_due = at;
                         slot.timer_seq = self.engine.reserve_seq();
-                        let covered = slot.queued.is_some_and(|(q, _)| q <= at);
+                        let covered = slot.queued.is_some_and(|q| q <= at);
                         if t != Time::NEVER && !covered {
                             slot.timer_gen = slot.timer_gen.wrapping_add(1);
-                            slot.queued = Some((at, slot.timer_seq));
+                            slot.queued = Some(at);
                             self.engine.schedule_with_seq(
                                 t,
                                 slot.timer_seq,

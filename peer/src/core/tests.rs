@@ -84,6 +84,12 @@ fn play(net: &mut Net, at: Time, track: TrackId) {
     );
 }
 
+/// When the listener's first play started.
+fn play_started_at(net: &Net) -> Option<Time> {
+    net.events(n(LISTENER))
+        .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
+}
+
 fn run_to_end(net: &mut Net, plays: usize, limit: Time) {
     net.run_until(limit, |net| net.finished(n(LISTENER)).len() >= plays);
 }
@@ -319,10 +325,7 @@ fn next_track_is_prefetched_thirty_seconds_before_the_end() {
         "{plays:?}"
     );
     assert_eq!(plays[1].track, b.id);
-    let started_a = net
-        .events(n(LISTENER))
-        .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
-        .expect("a started");
+    let started_a = play_started_at(&net).expect("a started");
     // The first message about B: its manifest, asked when 30 s of A remain.
     let first_b = net
         .sent
@@ -610,10 +613,7 @@ fn stats_sum_to_the_track_and_a_replay_comes_from_the_cache() {
         "a super-peer's bytes are superpeers"
     );
     assert!(first.bytes_by_source.superpeers > first.bytes_by_source.origin);
-    let started = net
-        .events(n(LISTENER))
-        .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
-        .expect("started");
+    let started = play_started_at(&net).expect("started");
     assert_eq!(
         first.time_to_first_audio_ms,
         Some(started.as_micros() / 1000)
@@ -1312,10 +1312,7 @@ fn a_play_starts_once_start_buffer_ms_of_audio_is_there() {
                 })
                 .expect("chunk ready")
         };
-        let started = net
-            .events(n(LISTENER))
-            .find_map(|(at, e)| matches!(e, SchedulerEvent::PlayStarted { .. }).then_some(at))
-            .expect("started");
+        let started = play_started_at(&net).expect("started");
         let plays = net.finished(n(LISTENER));
         assert!(plays.len() == 1 && plays[0].completed, "{plays:?}");
         (

@@ -49,8 +49,6 @@ pub struct SynthTrack {
     pub index: u32,
     /// Its id (BLAKE3 of the canonical manifest).
     pub id: TrackId,
-    /// Canonical manifest bytes.
-    pub manifest: Vec<u8>,
     /// The decoded manifest, the very one the peer cores share through the run's
     /// [`ManifestPool`] (one chunk list per track in the whole run, not one here and one
     /// there).
@@ -61,6 +59,13 @@ impl SynthTrack {
     /// The manifest's chunk list.
     pub fn chunks(&self) -> &[ChunkInfo] {
         &self.decoded.chunks
+    }
+
+    /// The canonical manifest bytes (they hash to [`SynthTrack::id`]), encoded when asked:
+    /// kept, they were an eighth of a run's heap, and a manifest is read from "disk" once per
+    /// play at most.
+    pub fn manifest(&self) -> Vec<u8> {
+        self.decoded.encode()
     }
 }
 
@@ -210,7 +215,6 @@ impl SynthCatalog {
         let t = Rc::new(SynthTrack {
             index: track,
             id,
-            manifest: bytes,
             decoded,
         });
         self.by_id.insert(t.id, track);
@@ -261,7 +265,7 @@ impl SynthCatalog {
     /// Manifest bytes of a materialised track, by id.
     pub fn manifest_of(&self, id: &TrackId) -> Option<Vec<u8>> {
         let t = self.tracks.get(self.by_id.get(id)?)?;
-        Some(t.manifest.clone())
+        Some(t.manifest())
     }
 
     /// Tracks materialised so far.
@@ -360,8 +364,13 @@ mod tests {
         );
         for track in [0u32, 1, 77, 99_999] {
             let t = c.track(track);
-            let m = Manifest::decode(&t.manifest).expect("valid manifest");
-            assert_eq!(m.track_id(), t.id);
+            let bytes = t.manifest();
+            assert_eq!(
+                TrackId::of(&bytes),
+                t.id,
+                "bytes encoded on demand are the canonical ones"
+            );
+            let m = Manifest::decode(&bytes).expect("valid manifest");
             assert_eq!(c.index_of(&t.id), Some(track));
             let dur = m.duration().as_secs_f64();
             let want = track_duration_s(5, &c.duration, track);

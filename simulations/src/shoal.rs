@@ -134,8 +134,34 @@ impl Core for SimNode {
                     PeerCommand::Serve(c) => Some(c),
                     PeerCommand::Fetch(_) => None,
                 };
-                if let Some(input) = input.filter_map(chunk, serve) {
-                    s.handle_input(now, input);
+                match input.filter_map(chunk, serve) {
+                    // The origin store holds every chunk of every track it serves: its table
+                    // of servable chunks is those tracks' manifests, not an entry per chunk
+                    // (which was a twelfth of a run's heap).
+                    Some(Input::Message {
+                        from,
+                        msg: ChunkMsg::Request(req),
+                    }) => {
+                        let manifest = match &req {
+                            ChunkRequest::GetChunk { track, .. }
+                            | ChunkRequest::QueryHave { track, .. } => s.manifest(track),
+                            ChunkRequest::GetManifest { .. } | ChunkRequest::Cancel { .. } => None,
+                        };
+                        // `QueryHave` asks about the chunks in order: look after the last one
+                        // found first.
+                        let next = std::cell::Cell::new(0);
+                        s.handle_request_from(now, from, req, |c| {
+                            let chunks = &manifest.as_ref()?.chunks;
+                            let start = next.get();
+                            let i = (start..chunks.len())
+                                .chain(0..start)
+                                .find(|&i| chunks[i].id == *c)?;
+                            next.set(i + 1);
+                            Some(chunks[i].len)
+                        });
+                    }
+                    Some(input) => s.handle_input(now, input),
+                    None => {}
                 }
             }
             SimNode::Tracker(t) => {
@@ -546,7 +572,7 @@ impl ShoalCores {
             out.push(Feedback::Command(PeerCommand::Fetch(
                 SchedulerCommand::Manifest {
                     track: t.id,
-                    bytes: t.manifest.clone(),
+                    bytes: t.manifest(),
                 },
             )));
         }
@@ -708,7 +734,7 @@ impl Cores for ShoalCores {
                         Time::ZERO,
                         Input::Command(PeerCommand::Fetch(SchedulerCommand::Manifest {
                             track: track.id,
-                            bytes: track.manifest.clone(),
+                            bytes: track.manifest(),
                         })),
                     );
                     let mut held = Held::new(u32::try_from(track.chunks().len()).unwrap_or(0));
@@ -742,7 +768,6 @@ impl Cores for ShoalCores {
                     // An HTTP store behind a CDN: no small upload-slot limit.
                     max_uploads: 100_000,
                     max_uploads_while_urgent: 100_000,
-                    max_held_chunks: 50_000_000,
                     max_tracks: 10_000_000,
                     ..ServerConfig::default()
                 };
@@ -813,7 +838,7 @@ impl Cores for ShoalCores {
                 now,
                 cmd(SchedulerCommand::Manifest {
                     track: track.id,
-                    bytes: track.manifest.clone(),
+                    bytes: track.manifest(),
                 }),
             );
         }
@@ -1066,12 +1091,6 @@ impl Cores for ShoalCores {
                         manifest: std::sync::Arc::clone(&t.decoded),
                     },
                 )));
-                for c in t.chunks() {
-                    to_receiver.push(Feedback::Command(PeerCommand::Serve(ServerCommand::Hold {
-                        chunk: c.id,
-                        len: c.len,
-                    })));
-                }
             }
             SimMsg::Registry(m) => match &**m {
                 // A holder lookup's answer: the holders, in the registry's order, as the
@@ -1294,6 +1313,133 @@ mod tests {
         // Manifests of held tracks are back too: the server answers for them.
         let t = cores.catalog.track(6);
         assert!(again.serves(&t.chunks()[0].id));
+    }
+
+    #[test]
+    fn the_origin_serves_every_chunk_of_the_tracks_it_was_given_and_no_other() {
+        let s = Scenario::default();
+        let mut cores = ShoalCores::new(&s, 3);
+        let origins = [NodeId::from_index(10)];
+        let info = NodeInfo {
+            id: origins[0],
+            role: Role::Origin,
+            region: "SE",
+            nat: crate::net::Nat::Open,
+            upload_cap_bps: 1e9,
+            cache_bytes: 0,
+            history: &[],
+            tracker: NodeId::from_index(11),
+            origins: &origins,
+            superpeers: &[],
+            seed: 1,
+        };
+        let Some(mut origin) = cores.spawn(&info) else {
+            panic!("an origin core");
+        };
+        let (given, other) = (cores.catalog.track(3), cores.catalog.track(4));
+        origin.handle_input(
+            Time::ZERO,
+            Input::Command(PeerCommand::Serve(ServerCommand::Track {
+                track: given.id,
+                manifest: std::sync::Arc::clone(&given.decoded),
+            })),
+        );
+        let listener = NodeId::from_index(0);
+        let ask = |origin: &mut SimNode, request: u64, req: ChunkRequest| {
+            origin.handle_input(
+                Time::ZERO,
+                Input::Message {
+                    from: listener,
+                    msg: SimMsg::Chunk(ChunkMsg::Request(req)),
+                },
+            );
+            let mut out = Vec::new();
+            loop {
+                match origin.poll_output() {
+                    Output::Timeout(_) => break,
+                    o => out.push(o),
+                }
+            }
+            assert!(!out.is_empty(), "request {request} answered");
+            out
+        };
+        let loads = |out: &[Output<SimMsg, SimEvent>]| {
+            out.iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Output::Event(SimEvent::Peer(PeerEvent::Serve(
+                            shoal_peer::core::ServerEvent::Load {
+                                item: Item::Chunk(_),
+                                ..
+                            }
+                        )))
+                    )
+                })
+                .count()
+        };
+        // Every chunk, in an order unlike the manifest's.
+        let n = given.chunks().len();
+        for (k, i) in (0..n).rev().enumerate() {
+            let request = k as u64;
+            let (track, chunk) = (given.id, given.chunks()[i].id);
+            let out = ask(
+                &mut origin,
+                request,
+                ChunkRequest::GetChunk {
+                    request,
+                    track,
+                    chunk,
+                },
+            );
+            assert_eq!(loads(&out), 1, "chunk {i} of {n} is read to be served");
+        }
+        let out = ask(
+            &mut origin,
+            100,
+            ChunkRequest::QueryHave {
+                request: 100,
+                track: given.id,
+            },
+        );
+        let want: Vec<u8> = (0..n.div_ceil(8))
+            .map(|b| {
+                if (b + 1) * 8 <= n {
+                    0xff
+                } else {
+                    (1u8 << (n % 8)) - 1
+                }
+            })
+            .collect();
+        assert!(
+            out.iter().any(|o| matches!(
+                o,
+                Output::Send { msg: SimMsg::Chunk(ChunkMsg::Response(ChunkResponse::Have { bitmap, .. })), .. }
+                    if *bitmap == want
+            )),
+            "it has every chunk of the track: {out:?}"
+        );
+        // A chunk of a track it was not given, or asked for under the wrong track: not held.
+        for (request, track) in [(101, other.id), (102, given.id)] {
+            let chunk = other.chunks()[0].id;
+            let out = ask(
+                &mut origin,
+                request,
+                ChunkRequest::GetChunk {
+                    request,
+                    track,
+                    chunk,
+                },
+            );
+            assert_eq!(loads(&out), 0);
+            assert!(out.iter().any(|o| matches!(
+                o,
+                Output::Send {
+                    msg: SimMsg::Chunk(ChunkMsg::Response(ChunkResponse::NotHave { .. })),
+                    ..
+                }
+            )));
+        }
     }
 
     #[test]

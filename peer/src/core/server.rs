@@ -233,6 +233,11 @@ impl ChunkServer {
         self.held.contains_key(chunk)
     }
 
+    /// The manifest of `track`, if the server has it (`Track`/`DropTrack`).
+    pub fn manifest(&self, track: &TrackId) -> Option<Arc<Manifest>> {
+        self.tracks.get(track).cloned()
+    }
+
     /// Handles a request from `from` as [`Core::handle_input`] does, except that `held`
     /// gives which chunks are servable and their lengths instead of the server's own table,
     /// which it leaves untouched. [`super::PeerCore`] answers from its scheduler's cache

@@ -1378,20 +1378,19 @@ mod tests {
                 })
                 .count()
         };
+        let get = |origin: &mut SimNode, request: u64, track: TrackId, chunk| {
+            let req = ChunkRequest::GetChunk {
+                request,
+                track,
+                chunk,
+            };
+            ask(origin, request, req)
+        };
         // Every chunk, in an order unlike the manifest's.
         let n = given.chunks().len();
         for (k, i) in (0..n).rev().enumerate() {
             let request = k as u64;
-            let (track, chunk) = (given.id, given.chunks()[i].id);
-            let out = ask(
-                &mut origin,
-                request,
-                ChunkRequest::GetChunk {
-                    request,
-                    track,
-                    chunk,
-                },
-            );
+            let out = get(&mut origin, request, given.id, given.chunks()[i].id);
             assert_eq!(loads(&out), 1, "chunk {i} of {n} is read to be served");
         }
         let out = ask(
@@ -1421,16 +1420,7 @@ mod tests {
         );
         // A chunk of a track it was not given, or asked for under the wrong track: not held.
         for (request, track) in [(101, other.id), (102, given.id)] {
-            let chunk = other.chunks()[0].id;
-            let out = ask(
-                &mut origin,
-                request,
-                ChunkRequest::GetChunk {
-                    request,
-                    track,
-                    chunk,
-                },
-            );
+            let out = get(&mut origin, request, track, other.chunks()[0].id);
             assert_eq!(loads(&out), 0);
             assert!(out.iter().any(|o| matches!(
                 o,

@@ -137,7 +137,7 @@ impl Core for SimNode {
                 match input.filter_map(chunk, serve) {
                     // The origin store holds every chunk of every track it serves: its table
                     // of servable chunks is those tracks' manifests, not an entry per chunk
-                    // (which was a twelfth of a run's heap).
+                    // (which was a ninth of a run's heap).
                     Some(Input::Message {
                         from,
                         msg: ChunkMsg::Request(req),

@@ -147,17 +147,9 @@ impl Core for SimNode {
                             | ChunkRequest::QueryHave { track, .. } => s.manifest(track),
                             ChunkRequest::GetManifest { .. } | ChunkRequest::Cancel { .. } => None,
                         };
-                        // `QueryHave` asks about the chunks in order: look after the last one
-                        // found first.
-                        let next = std::cell::Cell::new(0);
                         s.handle_request_from(now, from, req, |c| {
                             let chunks = &manifest.as_ref()?.chunks;
-                            let start = next.get();
-                            let i = (start..chunks.len())
-                                .chain(0..start)
-                                .find(|&i| chunks[i].id == *c)?;
-                            next.set(i + 1);
-                            Some(chunks[i].len)
+                            chunks.iter().find(|x| x.id == *c).map(|x| x.len)
                         });
                     }
                     Some(input) => s.handle_input(now, input),

@@ -227,8 +227,9 @@ struct PeerDriver {
     /// The super-peer it attaches to (nearest), for `via`.
     via: Option<NodeId>,
     region: Box<str>,
-    /// The core's configuration, to build it again when the client restarts.
-    config: Option<PeerConfig>,
+    /// Its own values of the core's configuration (the rest is the run's `peer_config`), to
+    /// build the core again when the client restarts; `None` for a node that is no listener.
+    limits: Option<PeerLimits>,
     /// While the client is not running: the chunks its disk cache holds, least recently used
     /// first, as `track << 32 | index` (what a restarting client reads back from its disk).
     disk: Vec<u64>,
@@ -241,6 +242,15 @@ struct PeerDriver {
     setup_us: u64,
     /// The track enqueued after the playing one (prefetched with its set-up done).
     queued: Option<u32>,
+}
+
+/// The configuration values that differ between listeners, in the cores' payload units.
+#[derive(Debug, Clone, Copy)]
+struct PeerLimits {
+    /// `scheduler.cache.max_bytes`.
+    cache_bytes: u64,
+    /// `server.upload_rate`, bytes/s.
+    upload_rate: u64,
 }
 
 /// A play whose set-up round trips with the service are under way.
@@ -403,7 +413,9 @@ impl ShoalCores {
             lookup_limit: u16::try_from(peer_config.scheduler.max_peers_per_track)
                 .unwrap_or(u16::MAX),
             peer_config,
-            peers: Vec::new(),
+            // Peers are nodes 0..peers: sized once, as growth by doubling would leave up to
+            // half of a table of 100,000 drivers unused.
+            peers: Vec::with_capacity(s.population.peers as usize),
             counters: RegistryCounters::default(),
             read_us: (s.cache.read_ms * 1000.0) as u64,
             setup_rounds: s.client.play_setup_round_trips,
@@ -415,6 +427,19 @@ impl ShoalCores {
     /// A byte quantity (a size, a rate) in the cores' payload units.
     fn scaled(&self, bytes: u64) -> u64 {
         (bytes / self.scale).max(1)
+    }
+
+    /// A listener core's configuration: the run's with that listener's own limits; byte-valued
+    /// fields in payload units (`scale`).
+    fn config_of(&self, limits: PeerLimits) -> PeerConfig {
+        let mut cfg = self.peer_config.clone();
+        let sch = &mut cfg.scheduler;
+        sch.cache.max_bytes = limits.cache_bytes;
+        sch.initial_peer_rate = self.scaled(sch.initial_peer_rate);
+        sch.initial_origin_rate = self.scaled(sch.initial_origin_rate);
+        cfg.server.upload_rate = limits.upload_rate;
+        cfg.server.upload_burst = self.scaled(cfg.server.upload_burst);
+        cfg
     }
 
     fn origin_pos(&self, node: u32) -> Option<usize> {
@@ -695,15 +720,12 @@ impl Cores for ShoalCores {
             Role::Peer => {
                 // The client's defaults (and the scenario's `[peer]`); byte-valued ones in
                 // payload units (`scale`).
-                let mut cfg = self.peer_config.clone();
-                let sch = &mut cfg.scheduler;
-                sch.cache.max_bytes = self.scaled(info.cache_bytes);
-                sch.initial_peer_rate = self.scaled(sch.initial_peer_rate);
-                sch.initial_origin_rate = self.scaled(sch.initial_origin_rate);
-                cfg.server.upload_rate = self.scaled(info.upload_cap_bps.max(1.0) as u64);
-                cfg.server.upload_burst = self.scaled(cfg.server.upload_burst);
-                let mut core =
-                    PeerCore::new(cfg.clone()).with_manifest_pool(self.manifests.clone());
+                let limits = PeerLimits {
+                    cache_bytes: self.scaled(info.cache_bytes),
+                    upload_rate: self.scaled(info.upload_cap_bps.max(1.0) as u64),
+                };
+                let mut core = PeerCore::new(self.config_of(limits))
+                    .with_manifest_pool(self.manifests.clone());
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -711,7 +733,7 @@ impl Cores for ShoalCores {
                 let mut driver = PeerDriver {
                     via: info.superpeers.first().copied(),
                     region: info.region.into(),
-                    config: Some(cfg),
+                    limits: Some(limits),
                     ..PeerDriver::default()
                 };
                 // The disk cache as the listening history left it: manifests and chunks,
@@ -790,7 +812,7 @@ impl Cores for ShoalCores {
             .collect();
         drop(c);
         match self.peers.get_mut(node as usize) {
-            Some(p) if p.config.is_some() => {
+            Some(p) if p.limits.is_some() => {
                 p.disk = disk;
                 None
             }
@@ -805,8 +827,9 @@ impl Cores for ShoalCores {
     fn restart(&mut self, now: Time, node: u32) -> Option<SimNode> {
         let origin = self.origins.first().copied();
         let pool = self.manifests.clone();
+        let limits = self.peers.get(node as usize)?.limits?;
+        let mut core = PeerCore::new(self.config_of(limits)).with_manifest_pool(pool);
         let p = self.peers.get_mut(node as usize)?;
-        let mut core = PeerCore::new(p.config.clone()?).with_manifest_pool(pool);
         let disk = std::mem::take(&mut p.disk);
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();
         tracks.sort_unstable();

@@ -220,8 +220,8 @@ pub enum SchedulerEvent {
 struct NodeState {
     /// Measured (or assumed) delivery rate in bytes/s.
     rate: f64,
-    rtt: Duration,
-    in_flight: usize,
+    rtt: Nanos,
+    in_flight: u32,
     outstanding: u64,
     /// When its last response arrived: the start of the next transfer if it stayed busy.
     last_completion: Time,
@@ -235,7 +235,24 @@ struct NodeState {
 impl NodeState {
     fn expected(&self, now: Time, len: u64) -> Time {
         let secs = (self.outstanding + len) as f64 / self.rate.max(1.0);
-        now + Duration::from_secs_f64(secs.min(1e6)) + self.rtt
+        now + Duration::from_secs_f64(secs.min(1e6)) + self.rtt.get()
+    }
+}
+
+/// A duration in 8 bytes (whole nanoseconds; `Duration` takes 16): one per known node, and a
+/// simulated run keeps tens of known nodes for each of 100,000 listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Nanos(u64);
+
+impl Nanos {
+    fn get(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+}
+
+impl From<Duration> for Nanos {
+    fn from(d: Duration) -> Self {
+        Self(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 }
 
@@ -757,7 +774,7 @@ impl FetchScheduler {
         if let Some(o) = origin {
             let state = NodeState {
                 rate: self.config.initial_origin_rate as f64,
-                rtt: SchedulerConfig::ms(self.config.initial_rtt_ms),
+                rtt: SchedulerConfig::ms(self.config.initial_rtt_ms).into(),
                 in_flight: 0,
                 outstanding: 0,
                 last_completion: Time::ZERO,
@@ -910,7 +927,7 @@ impl FetchScheduler {
     }
 
     fn set_peers(&mut self, track: TrackId, peers: Vec<PeerInfo>) {
-        let mut list = Vec::new();
+        let mut list = Vec::with_capacity(peers.len().min(self.config.max_peers_per_track));
         for p in peers {
             if list.len() >= self.config.max_peers_per_track {
                 break;
@@ -928,7 +945,7 @@ impl FetchScheduler {
             let initial = self.config.initial_peer_rate as f64;
             let state = self.nodes.entry(p.node).or_insert(NodeState {
                 rate: initial,
-                rtt,
+                rtt: rtt.into(),
                 in_flight: 0,
                 outstanding: 0,
                 last_completion: Time::ZERO,
@@ -951,6 +968,8 @@ impl FetchScheduler {
                 return;
             }
         }
+        // Kept for as long as the track is, one list per track of `max_tracks_with_peers`.
+        list.shrink_to_fit();
         self.holders.insert(track, list);
     }
 
@@ -1156,10 +1175,10 @@ impl FetchScheduler {
         // otherwise it began when its previous answer finished (it was serving us back to back).
         let start = if req.sent >= n.last_completion {
             let elapsed = now - req.sent;
-            if elapsed < n.rtt {
-                n.rtt = elapsed;
+            if elapsed < n.rtt.get() {
+                n.rtt = elapsed.into();
             }
-            req.sent + n.rtt
+            req.sent + n.rtt.get()
         } else {
             n.last_completion
         };
@@ -1302,7 +1321,10 @@ impl FetchScheduler {
                         // It has not delivered this and what was ahead of it in the time since
                         // sending: its rate is at most that (and lower by the penalty the
                         // first time).
-                        let secs = (now - sent).saturating_sub(n.rtt).as_secs_f64().max(0.001);
+                        let secs = (now - sent)
+                            .saturating_sub(n.rtt.get())
+                            .as_secs_f64()
+                            .max(0.001);
                         let bound = len as f64 / secs;
                         n.rate = (n.rate * penalty).min(bound).max(1.0);
                     }
@@ -1510,7 +1532,7 @@ impl FetchScheduler {
         } else {
             self.config.max_in_flight_per_peer
         };
-        (n.busy_until <= now && n.in_flight < cap).then_some(n)
+        (n.busy_until <= now && (n.in_flight as usize) < cap).then_some(n)
     }
 
     /// The peer holding `track` expected to deliver `len` bytes first, skipping `exclude`.
@@ -1626,11 +1648,11 @@ impl FetchScheduler {
                 let expected = if r.late || now > r.expected {
                     self.nodes.get(&k.0).map_or(Time::NEVER, |n| {
                         // Not there after `elapsed`: assume it needs at least as long again.
-                        let elapsed = (now - r.sent).saturating_sub(n.rtt).as_secs_f64();
+                        let elapsed = (now - r.sent).saturating_sub(n.rtt.get()).as_secs_f64();
                         let owed = (r.len + r.ahead) as f64;
                         let rate = n.rate.min(owed / elapsed.max(0.001)).max(1.0);
                         let secs = r.len as f64 / rate;
-                        now + Duration::from_secs_f64(secs.min(1e6)) + n.rtt
+                        now + Duration::from_secs_f64(secs.min(1e6)) + n.rtt.get()
                     })
                 } else {
                     r.expected

@@ -77,12 +77,14 @@ pub struct SynthCatalog {
     bytes_per_s: f64,
     tracks: IdMap<u32, Rc<SynthTrack>>,
     by_id: IdMap<TrackId, u32>,
-    /// (catalog index, chunk index) by the first 8 bytes of the chunk id: 16 bytes an entry
-    /// instead of 40, for the millions of chunks of a large run. A chunk whose prefix is
-    /// already taken (ids are BLAKE3 hashes: about once in 400,000 runs of 10^7 chunks) goes to
-    /// `by_chunk_overflow`, under its whole id; a lookup checks the whole id either way.
-    by_chunk: IdMap<u64, (u32, u32)>,
-    by_chunk_overflow: IdMap<ChunkId, (u32, u32)>,
+    /// The catalog index of a chunk's track by the first 4 bytes of the chunk id: 8 bytes an
+    /// entry instead of 40, for the millions of chunks of a large run; the chunk's place is
+    /// then found in its track's chunk list (tens of entries). A chunk whose prefix is already
+    /// taken (ids are BLAKE3 hashes: thousands of times among the 10^7 chunks of a
+    /// 100,000-peer run) goes to `by_chunk_overflow`, under its whole id; a lookup checks the
+    /// whole id either way.
+    by_chunk: IdMap<u32, u32>,
+    by_chunk_overflow: IdMap<ChunkId, u32>,
     /// Shares decoded manifests with the peer cores.
     pool: ManifestPool,
     /// Random filler shared by all chunks (64 KiB, from the seed).
@@ -122,10 +124,10 @@ impl SynthCatalog {
         self
     }
 
-    fn prefix(id: &ChunkId) -> u64 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&id.as_bytes()[..8]);
-        u64::from_le_bytes(w)
+    fn prefix(id: &ChunkId) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&id.as_bytes()[..4]);
+        u32::from_le_bytes(w)
     }
 
     /// Bytes of chunk `index` of track `track` (`len` bytes): the version byte, a 16-byte
@@ -218,15 +220,13 @@ impl SynthCatalog {
             decoded,
         });
         self.by_id.insert(t.id, track);
-        for (i, c) in t.chunks().iter().enumerate() {
-            let at = (track, i as u32);
-            let key = Self::prefix(&c.id);
-            match self.by_chunk.entry(key) {
+        for c in t.chunks() {
+            match self.by_chunk.entry(Self::prefix(&c.id)) {
                 Entry::Vacant(e) => {
-                    e.insert(at);
+                    e.insert(track);
                 }
                 Entry::Occupied(_) => {
-                    self.by_chunk_overflow.insert(c.id, at);
+                    self.by_chunk_overflow.insert(c.id, track);
                 }
             }
         }
@@ -246,14 +246,19 @@ impl SynthCatalog {
 
     /// (catalog index, chunk index, length) of a chunk of a materialised track.
     fn find(&self, id: &ChunkId) -> Option<(u32, u32, u32)> {
-        let info = |(track, index): (u32, u32)| {
-            let c = self.tracks.get(&track)?.chunks().get(index as usize)?;
-            (c.id == *id).then_some((track, index, c.len))
+        let info = |track: u32| {
+            let chunks = self.tracks.get(&track)?.chunks();
+            let index = chunks.iter().position(|c| c.id == *id)?;
+            Some((track, index as u32, chunks[index].len))
         };
         self.by_chunk
             .get(&Self::prefix(id))
-            .and_then(|&at| info(at))
-            .or_else(|| self.by_chunk_overflow.get(id).and_then(|&at| info(at)))
+            .and_then(|&track| info(track))
+            .or_else(|| {
+                self.by_chunk_overflow
+                    .get(id)
+                    .and_then(|&track| info(track))
+            })
     }
 
     /// Bytes of a chunk of a materialised track, by id.
@@ -284,14 +289,14 @@ mod tests {
         let b0 = SynthCatalog::new(9, d, 160.0, 1).track(1).chunks()[0].id;
         let mut c = SynthCatalog::new(9, d, 160.0, 1);
         let a0 = c.track(0).chunks()[0].id;
-        // Pretend track 0's first chunk shares track 1's first 8 id bytes.
+        // Pretend track 0's first chunk shares track 1's first 4 id bytes.
         c.by_chunk.remove(&SynthCatalog::prefix(&a0));
-        c.by_chunk.insert(SynthCatalog::prefix(&b0), (0, 0));
-        c.by_chunk_overflow.insert(a0, (0, 0));
+        c.by_chunk.insert(SynthCatalog::prefix(&b0), 0);
+        c.by_chunk_overflow.insert(a0, 0);
         c.track(1);
         assert_eq!(
             c.by_chunk_overflow.get(&b0),
-            Some(&(1, 0)),
+            Some(&1),
             "collision overflowed"
         );
         assert_eq!(c.locate(&b0), Some((1, 0)));

@@ -803,13 +803,15 @@ impl Cores for ShoalCores {
         let SimNode::Peer(c) = core else {
             return Some(core);
         };
-        let disk: Vec<u64> = c
-            .scheduler()
-            .cache()
-            .oldest_first()
-            .filter_map(|(id, _)| self.catalog.locate(&id))
-            .map(|(t, i)| u64::from(t) << 32 | u64::from(i))
-            .collect();
+        let cache = c.scheduler().cache();
+        // Sized once: kept until the client restarts, for every listener offline.
+        let mut disk = Vec::with_capacity(cache.len());
+        disk.extend(
+            cache
+                .oldest_first()
+                .filter_map(|(id, _)| self.catalog.locate(&id))
+                .map(|(t, i)| u64::from(t) << 32 | u64::from(i)),
+        );
         drop(c);
         match self.peers.get_mut(node as usize) {
             Some(p) if p.limits.is_some() => {

@@ -30,8 +30,9 @@
 use std::collections::BTreeSet;
 
 use shoal_peer::core::{
-    AnnounceConfig, Announcer, ChunkMsg, ChunkServer, Item, ManifestPool, PeerCommand, PeerConfig,
-    PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand, ServerConfig,
+    AnnounceConfig, Announcer, ChunkMsg, ChunkNames, ChunkServer, Item, ManifestPool, PeerCommand,
+    PeerConfig, PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand,
+    ServerConfig,
 };
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
@@ -351,6 +352,8 @@ pub struct ShoalCores {
     /// Decoded manifests shared by every peer core of the run (one copy per track, not per
     /// peer; the cores share only what they verified to be the same bytes).
     manifests: ManifestPool,
+    /// The chunk ids in every listener core's cache index, stored once for the run.
+    chunk_names: ChunkNames,
 }
 
 /// The shipped client's core configuration with the thresholds `[peer]` sets.
@@ -421,6 +424,7 @@ impl ShoalCores {
             setup_rounds: s.client.play_setup_round_trips,
             scale: u64::from(s.catalog.payload_scale.max(1)),
             manifests,
+            chunk_names: ChunkNames::new(),
         }
     }
 
@@ -725,7 +729,8 @@ impl Cores for ShoalCores {
                     upload_rate: self.scaled(info.upload_cap_bps.max(1.0) as u64),
                 };
                 let mut core = PeerCore::new(self.config_of(limits))
-                    .with_manifest_pool(self.manifests.clone());
+                    .with_manifest_pool(self.manifests.clone())
+                    .with_chunk_names(self.chunk_names.clone());
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -830,7 +835,9 @@ impl Cores for ShoalCores {
         let origin = self.origins.first().copied();
         let pool = self.manifests.clone();
         let limits = self.peers.get(node as usize)?.limits?;
-        let mut core = PeerCore::new(self.config_of(limits)).with_manifest_pool(pool);
+        let mut core = PeerCore::new(self.config_of(limits))
+            .with_manifest_pool(pool)
+            .with_chunk_names(self.chunk_names.clone());
         let p = self.peers.get_mut(node as usize)?;
         let disk = std::mem::take(&mut p.disk);
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();

@@ -3,6 +3,7 @@
 //! what to delete.
 
 use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
 
 use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
@@ -14,9 +15,11 @@ use super::idmap::IdBuild;
 const NIL: u32 = u32::MAX;
 
 /// One cached chunk, linked into the age list (or, when free, into the free list by `next`).
+/// Its id is in the index's [`Ids`]: 16 bytes a slot.
 #[derive(Debug, Clone)]
 struct Slot {
-    id: ChunkId,
+    /// Its key in [`ChunkNames`] (unused when the ids are inline).
+    key: u32,
     len: u32,
     /// Next older entry.
     prev: u32,
@@ -24,16 +27,84 @@ struct Slot {
     next: u32,
 }
 
+/// Where a cache index keeps its chunks' ids.
+#[derive(Debug, Clone)]
+enum Ids {
+    /// Beside the slots: slot `i`'s id is `ids[i]` (the client: one index in the process).
+    Inline(Vec<ChunkId>),
+    /// Once per process in a table shared by many indexes, each slot holding a 4-byte key.
+    Named(ChunkNames),
+}
+
+/// Chunk ids shared by the cache indexes of a process that runs many cores (the simulator runs
+/// one per simulated listener, and a popular chunk sits in thousands of caches): each id is
+/// stored once and an index's slot holds a 4-byte key instead of the 32-byte id. Clone it to
+/// share it. Append-only: an id stays until the table is dropped, so it suits a run over a
+/// finite catalog, not a long-lived client (which runs one core and needs none).
+#[derive(Debug, Clone, Default)]
+pub struct ChunkNames {
+    inner: Arc<NamesInner>,
+}
+
+#[derive(Debug, Default)]
+struct NamesInner {
+    /// Ids by key; read without a lock (an index compares against them on every lookup).
+    ids: boxcar::Vec<ChunkId>,
+    /// Keys hashed by their id, to find an id's key when it is cached.
+    keys: Mutex<HashTable<u32>>,
+}
+
+impl ChunkNames {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ids named so far.
+    pub fn len(&self) -> usize {
+        self.inner.ids.count()
+    }
+
+    /// No id named yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `chunk`'s key, naming it now if it has none; `None` once 2^32 − 1 ids are named.
+    fn key_of(&self, chunk: &ChunkId) -> Option<u32> {
+        let ids = &self.inner.ids;
+        let mut keys = self.inner.keys.lock().ok()?;
+        let hash = CacheIndex::hash(chunk);
+        if let Some(&k) = keys.find(hash, |&k| ids.get(k as usize) == Some(chunk)) {
+            return Some(k);
+        }
+        let k = u32::try_from(ids.count()).ok().filter(|&k| k != NIL)?;
+        let pushed = ids.push(*chunk);
+        debug_assert_eq!(pushed, k as usize, "one writer at a time (under the lock)");
+        keys.insert_unique(hash, k, |&j| {
+            ids.get(j as usize).map_or(0, CacheIndex::hash)
+        });
+        Some(k)
+    }
+
+    /// The id named `key`.
+    fn id(&self, key: u32) -> Option<&ChunkId> {
+        self.inner.ids.get(key as usize)
+    }
+}
+
 /// LRU index of cached chunks: a hash index into slots linked from least to most recently
 /// used. Every operation is `O(1)` (eviction `O(1)` per chunk evicted); each chunk costs one
-/// slot (its id, length and two links) and one index entry.
+/// slot (its length and two links), its id (inline, or a key into shared [`ChunkNames`]) and
+/// one index entry.
 #[derive(Debug, Clone)]
 pub struct CacheIndex {
     config: CacheConfig,
-    /// Slot numbers, hashed by their slot's chunk id: the id is stored once, in the slot (a
-    /// map keyed by the id would store it twice; a simulated listener caches thousands).
+    /// Slot numbers, hashed by their slot's chunk id: the id is stored once, in `ids` (a map
+    /// keyed by the id would store it twice; a simulated listener caches thousands).
     index: HashTable<u32>,
     slots: Vec<Slot>,
+    ids: Ids,
     /// First free slot (linked by `next`).
     free: u32,
     /// Least recently used.
@@ -53,6 +124,7 @@ impl CacheIndex {
             config,
             index: HashTable::new(),
             slots: Vec::new(),
+            ids: Ids::Inline(Vec::new()),
             free: NIL,
             oldest: NIL,
             newest: NIL,
@@ -61,23 +133,57 @@ impl CacheIndex {
         }
     }
 
+    /// Keeps the ids in `names`, shared with other indexes, instead of beside each slot. What
+    /// the index holds, and every answer it gives, stay the same.
+    pub fn set_names(&mut self, names: ChunkNames) {
+        let held: Vec<(ChunkId, u32)> = self.oldest_first().collect();
+        let mut named = Self {
+            ids: Ids::Named(names),
+            ..Self::new(self.config.clone())
+        };
+        for (chunk, len) in held {
+            named.insert(chunk, len);
+        }
+        named.inserts = self.inserts;
+        *self = named;
+    }
+
     fn hash(chunk: &ChunkId) -> u64 {
         IdBuild::default().hash_one(chunk)
     }
 
+    /// The id of slot `i`.
+    fn id_at(ids: &Ids, slots: &[Slot], i: u32) -> Option<ChunkId> {
+        match ids {
+            Ids::Inline(v) => v.get(i as usize).copied(),
+            Ids::Named(n) => slots.get(i as usize).and_then(|s| n.id(s.key)).copied(),
+        }
+    }
+
+    /// Slot `i` holds `chunk`.
+    fn holds(ids: &Ids, slots: &[Slot], i: u32, chunk: &ChunkId) -> bool {
+        match ids {
+            Ids::Inline(v) => v.get(i as usize) == Some(chunk),
+            Ids::Named(n) => slots
+                .get(i as usize)
+                .and_then(|s| n.id(s.key))
+                .is_some_and(|id| id == chunk),
+        }
+    }
+
     /// The slot holding `chunk`.
     fn slot_of(&self, chunk: &ChunkId) -> Option<u32> {
-        let slots = &self.slots;
+        let (ids, slots) = (&self.ids, &self.slots);
         self.index
-            .find(Self::hash(chunk), |&i| slots[i as usize].id == *chunk)
+            .find(Self::hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
             .copied()
     }
 
     /// Takes `chunk` out of the index; its slot, if it had one.
     fn unindex(&mut self, chunk: &ChunkId) -> Option<u32> {
-        let slots = &self.slots;
+        let (ids, slots) = (&self.ids, &self.slots);
         self.index
-            .find_entry(Self::hash(chunk), |&i| slots[i as usize].id == *chunk)
+            .find_entry(Self::hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
             .ok()
             .map(|e| e.remove().0)
     }
@@ -142,14 +248,19 @@ impl CacheIndex {
         self.newest = i;
     }
 
-    fn alloc(&mut self, id: ChunkId, len: u32) -> u32 {
+    /// A slot for `id`; `None` when a shared name table is full.
+    fn alloc(&mut self, id: ChunkId, len: u32) -> Option<u32> {
+        let key = match &self.ids {
+            Ids::Inline(_) => 0,
+            Ids::Named(n) => n.key_of(&id)?,
+        };
         let slot = Slot {
-            id,
+            key,
             len,
             prev: NIL,
             next: NIL,
         };
-        match self.free {
+        let i = match self.free {
             NIL => {
                 // Grow by a quarter, not double: a simulated run holds one index per listener,
                 // and doubling leaves a third of the slots unused on average. Still amortised
@@ -165,7 +276,19 @@ impl CacheIndex {
                 self.slots[i as usize] = slot;
                 i
             }
+        };
+        if let Ids::Inline(v) = &mut self.ids {
+            match v.get_mut(i as usize) {
+                Some(x) => *x = id,
+                None => {
+                    if v.len() == v.capacity() {
+                        v.reserve_exact((v.len() / 4).max(16));
+                    }
+                    v.push(id);
+                }
+            }
         }
+        Some(i)
     }
 
     fn release(&mut self, i: u32) {
@@ -194,11 +317,13 @@ impl CacheIndex {
         if u64::from(len) > self.config.max_bytes || self.config.max_entries == 0 {
             return vec![chunk];
         }
+        let Some(i) = self.alloc(chunk, len) else {
+            return vec![chunk];
+        };
         self.inserts += 1;
-        let i = self.alloc(chunk, len);
-        let slots = &self.slots;
+        let (ids, slots) = (&self.ids, &self.slots);
         self.index.insert_unique(Self::hash(&chunk), i, |&j| {
-            Self::hash(&slots[j as usize].id)
+            Self::id_at(ids, slots, j).map_or(0, |id| Self::hash(&id))
         });
         self.push_newest(i);
         self.bytes += u64::from(len);
@@ -208,9 +333,9 @@ impl CacheIndex {
             if oldest == NIL {
                 break;
             }
-            let (id, l) = {
-                let s = &self.slots[oldest as usize];
-                (s.id, s.len)
+            let l = self.slots[oldest as usize].len;
+            let Some(id) = Self::id_at(&self.ids, &self.slots, oldest) else {
+                break;
             };
             // Out of the index first: finding it there needs its id still in the slot.
             let indexed = self.unindex(&id).is_some();
@@ -231,9 +356,9 @@ impl CacheIndex {
             let next = self.slots[i as usize].next;
             (next != NIL).then_some(next)
         })
-        .map(move |i| {
-            let s = &self.slots[i as usize];
-            (s.id, s.len)
+        .filter_map(move |i| {
+            let id = Self::id_at(&self.ids, &self.slots, i)?;
+            Some((id, self.slots[i as usize].len))
         })
     }
 
@@ -329,38 +454,65 @@ mod tests {
 
     proptest::proptest! {
         /// Random inserts, touches and removes over a few ids (so they collide and recur):
-        /// same evictions, same contents, lengths and LRU order as the plain list.
+        /// same evictions, same contents, lengths and LRU order as the plain list, with the ids
+        /// inline and in a name table shared with another index (so keys are not slot numbers).
         #[test]
         fn agrees_with_a_plain_lru_list(
             ops in proptest::collection::vec((0u8..3, 0u8..24, 1u32..120), 0..300),
             max_bytes in 1u64..1000,
             max_entries in 0usize..12,
+            named_after in 0usize..300,
         ) {
             let config = CacheConfig { max_bytes, max_entries };
-            let mut c = CacheIndex::new(config.clone());
-            let mut m = ModelLru::default();
-            for (op, i, len) in ops {
-                match op {
-                    0 => proptest::prop_assert_eq!(
-                        c.insert(id(i), len),
-                        m.insert(&config, id(i), len)
-                    ),
-                    1 => {
-                        c.touch(&id(i));
-                        m.touch(&id(i));
-                    }
-                    _ => proptest::prop_assert_eq!(c.remove(&id(i)), m.remove(&id(i))),
-                }
-                let order: Vec<_> = c.oldest_first().collect();
-                proptest::prop_assert_eq!(&order, &m.0);
-                proptest::prop_assert_eq!(c.len(), m.0.len());
-                for j in 0..24 {
-                    let want = m.pos(&id(j)).map(|p| m.0[p].1);
-                    proptest::prop_assert_eq!(c.len_of(&id(j)), want);
-                }
-                let bytes: u64 = m.0.iter().map(|(_, l)| u64::from(*l)).sum();
-                proptest::prop_assert_eq!(c.bytes(), bytes);
+            let names = ChunkNames::new();
+            let mut other = CacheIndex::new(CacheConfig { max_bytes: 1000, max_entries: 100 });
+            other.set_names(names.clone());
+            for i in (0..24).rev() {
+                other.insert(id(i), 1);
             }
+            let mut inline = CacheIndex::new(config.clone());
+            let mut named = CacheIndex::new(config.clone());
+            let mut m = ModelLru::default();
+            for (n, (op, i, len)) in ops.into_iter().enumerate() {
+                // Switched to shared names part-way: what it holds carries over.
+                if n == named_after {
+                    named.set_names(names.clone());
+                }
+                for c in [&mut inline, &mut named] {
+                    match op {
+                        0 => {
+                            let want = ModelLru(m.0.clone()).insert(&config, id(i), len);
+                            proptest::prop_assert_eq!(c.insert(id(i), len), want);
+                        }
+                        1 => c.touch(&id(i)),
+                        _ => proptest::prop_assert_eq!(c.remove(&id(i)), m.pos(&id(i)).is_some()),
+                    }
+                }
+                match op {
+                    0 => {
+                        m.insert(&config, id(i), len);
+                    }
+                    1 => m.touch(&id(i)),
+                    _ => {
+                        m.remove(&id(i));
+                    }
+                }
+                for c in [&inline, &named] {
+                    let order: Vec<_> = c.oldest_first().collect();
+                    proptest::prop_assert_eq!(&order, &m.0);
+                    proptest::prop_assert_eq!(c.len(), m.0.len());
+                    for j in 0..24 {
+                        let want = m.pos(&id(j)).map(|p| m.0[p].1);
+                        proptest::prop_assert_eq!(c.len_of(&id(j)), want);
+                    }
+                    let bytes: u64 = m.0.iter().map(|(_, l)| u64::from(*l)).sum();
+                    proptest::prop_assert_eq!(c.bytes(), bytes);
+                }
+                proptest::prop_assert_eq!(named.inserts(), inline.inserts());
+            }
+            // Each id is named once, however many indexes hold it.
+            proptest::prop_assert_eq!(names.len(), 24);
+            proptest::prop_assert_eq!(other.len(), 24);
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   stutter and byte statistics, prefetch, verification and bans.
 //! - [`ChunkServer`] (upload side): answers chunk requests within a token bucket and a cap on
 //!   concurrent uploads.
-//! - [`CacheIndex`]: the LRU policy of the disk cache.
+//! - [`CacheIndex`]: the LRU policy of the disk cache ([`ChunkNames`]: its ids shared by many
+//!   cores in one process).
 //! - [`Announcer`]: when to tell the tracker what we hold.
 //! - [`Attacher`]: which super-peer to attach to (relay reservation, cluster).
 //! - [`PeerCore`]: both sides wired together as one [`Core`], the way the driver and the
@@ -37,7 +38,7 @@ mod tests;
 
 pub use announce::{AnnounceConfig, AnnouncePlan, Announcer};
 pub use attach::{AttachConfig, Attacher};
-pub use cache::CacheIndex;
+pub use cache::{CacheIndex, ChunkNames};
 pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
 pub use pool::ManifestPool;
 pub use scheduler::{
@@ -118,6 +119,13 @@ impl PeerCore {
     /// pool (see [`ManifestPool`]; for a process running many cores, such as the simulator).
     pub fn with_manifest_pool(mut self, pool: ManifestPool) -> Self {
         self.scheduler.set_manifest_pool(pool);
+        self
+    }
+
+    /// Builder: the cache index keeps its chunk ids in `names`, shared with every core given
+    /// the same table (see [`ChunkNames`]; for a process running many cores).
+    pub fn with_chunk_names(mut self, names: ChunkNames) -> Self {
+        self.scheduler.set_chunk_names(names);
         self
     }
 

@@ -17,6 +17,7 @@ use shoal_protocol::{
 
 use super::ChunkMsg;
 use super::cache::CacheIndex;
+use super::cache::ChunkNames;
 use super::config::SchedulerConfig;
 use super::idmap::{IdMap, IdSet};
 use super::pool::ManifestPool;
@@ -613,6 +614,12 @@ impl FetchScheduler {
     /// Shares decoded manifests through `pool` (see [`ManifestPool`]).
     pub fn set_manifest_pool(&mut self, pool: ManifestPool) {
         self.pool = Some(pool);
+    }
+
+    /// Keeps the cache index's chunk ids in `names`, shared with other cores (see
+    /// [`ChunkNames`]); no decision changes.
+    pub fn set_chunk_names(&mut self, names: ChunkNames) {
+        self.cache.set_names(names);
     }
 
     /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):

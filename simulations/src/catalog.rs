@@ -22,6 +22,10 @@ use crate::scenario::Dist;
 pub const FIRST_CHUNK_MS: u64 = 500;
 /// Duration of later chunks, ms (a few seconds, ≤ 64 KiB at any sane bitrate).
 pub const CHUNK_MS: u64 = 3000;
+
+/// Bits of a chunk's index in the catalog's packed chunk places: 4,096 chunks, more than the
+/// longest track has (3 hours, 3,601 chunks).
+const PLACE_INDEX_BITS: u32 = 12;
 /// The largest `catalog.payload_scale` at `bitrate_kbps` that leaves a full chunk the bytes
 /// its audio needs as Opus packets (3 bytes per 120 ms packet, the manifest's rule), with one
 /// byte of slack for rounding.
@@ -77,14 +81,16 @@ pub struct SynthCatalog {
     bytes_per_s: f64,
     tracks: IdMap<u32, Rc<SynthTrack>>,
     by_id: IdMap<TrackId, u32>,
-    /// The catalog index of a chunk's track by the first 4 bytes of the chunk id: 8 bytes an
-    /// entry instead of 40, for the millions of chunks of a large run; the chunk's place is
-    /// then found in its track's chunk list (tens of entries). A chunk whose prefix is already
-    /// taken (ids are BLAKE3 hashes: thousands of times among the 10^7 chunks of a
-    /// 100,000-peer run) goes to `by_chunk_overflow`, under its whole id; a lookup checks the
-    /// whole id either way.
+    /// Where a chunk is, by the first 4 bytes of its id, packed in 4 bytes (`PLACE_INDEX_BITS`
+    /// of chunk index under the track's number in `materialised`): 8 bytes an entry instead
+    /// of 40, for the millions of chunks of a large run. A chunk whose prefix is already taken
+    /// (ids are BLAKE3 hashes: thousands of times among the 10^7 chunks of a 100,000-peer run)
+    /// or whose place does not fit goes to `by_chunk_overflow`, under its whole id, as
+    /// (catalog index, chunk index); a lookup checks the whole id either way.
     by_chunk: IdMap<u32, u32>,
-    by_chunk_overflow: IdMap<ChunkId, u32>,
+    by_chunk_overflow: IdMap<ChunkId, (u32, u32)>,
+    /// Materialised tracks in the order they were made.
+    materialised: Vec<Rc<SynthTrack>>,
     /// Shares decoded manifests with the peer cores.
     pool: ManifestPool,
     /// Random filler shared by all chunks (64 KiB, from the seed).
@@ -106,6 +112,7 @@ impl SynthCatalog {
             by_id: IdMap::default(),
             by_chunk: IdMap::default(),
             by_chunk_overflow: IdMap::default(),
+            materialised: Vec::new(),
             pool: ManifestPool::new(),
             block: {
                 let mut b = vec![0u8; MAX_CHUNK_BYTES];
@@ -220,16 +227,21 @@ impl SynthCatalog {
             decoded,
         });
         self.by_id.insert(t.id, track);
-        for c in t.chunks() {
-            match self.by_chunk.entry(Self::prefix(&c.id)) {
-                Entry::Vacant(e) => {
-                    e.insert(track);
+        let number = self.materialised.len() as u64;
+        for (i, c) in t.chunks().iter().enumerate() {
+            let place = u32::try_from(number << PLACE_INDEX_BITS | i as u64)
+                .ok()
+                .filter(|_| i < 1 << PLACE_INDEX_BITS);
+            match (place, self.by_chunk.entry(Self::prefix(&c.id))) {
+                (Some(place), Entry::Vacant(e)) => {
+                    e.insert(place);
                 }
-                Entry::Occupied(_) => {
-                    self.by_chunk_overflow.insert(c.id, track);
+                _ => {
+                    self.by_chunk_overflow.insert(c.id, (track, i as u32));
                 }
             }
         }
+        self.materialised.push(Rc::clone(&t));
         self.tracks.insert(track, Rc::clone(&t));
         t
     }
@@ -246,19 +258,19 @@ impl SynthCatalog {
 
     /// (catalog index, chunk index, length) of a chunk of a materialised track.
     fn find(&self, id: &ChunkId) -> Option<(u32, u32, u32)> {
-        let info = |track: u32| {
-            let chunks = self.tracks.get(&track)?.chunks();
-            let index = chunks.iter().position(|c| c.id == *id)?;
-            Some((track, index as u32, chunks[index].len))
-        };
-        self.by_chunk
-            .get(&Self::prefix(id))
-            .and_then(|&track| info(track))
-            .or_else(|| {
-                self.by_chunk_overflow
-                    .get(id)
-                    .and_then(|&track| info(track))
-            })
+        let packed = self.by_chunk.get(&Self::prefix(id)).and_then(|&place| {
+            let t = self
+                .materialised
+                .get((place >> PLACE_INDEX_BITS) as usize)?;
+            let index = place & ((1 << PLACE_INDEX_BITS) - 1);
+            let c = t.chunks().get(index as usize)?;
+            (c.id == *id).then_some((t.index, index, c.len))
+        });
+        packed.or_else(|| {
+            let &(track, index) = self.by_chunk_overflow.get(id)?;
+            let c = self.tracks.get(&track)?.chunks().get(index as usize)?;
+            (c.id == *id).then_some((track, index, c.len))
+        })
     }
 
     /// Bytes of a chunk of a materialised track, by id.
@@ -292,11 +304,11 @@ mod tests {
         // Pretend track 0's first chunk shares track 1's first 4 id bytes.
         c.by_chunk.remove(&SynthCatalog::prefix(&a0));
         c.by_chunk.insert(SynthCatalog::prefix(&b0), 0);
-        c.by_chunk_overflow.insert(a0, 0);
+        c.by_chunk_overflow.insert(a0, (0, 0));
         c.track(1);
         assert_eq!(
             c.by_chunk_overflow.get(&b0),
-            Some(&1),
+            Some(&(1, 0)),
             "collision overflowed"
         );
         assert_eq!(c.locate(&b0), Some((1, 0)));
@@ -304,6 +316,19 @@ mod tests {
         let bytes = c.bytes_of_chunk(&b0).expect("found");
         assert_eq!(ChunkId::of(&bytes), b0);
         assert_eq!(c.locate(&ChunkId::of(b"not in the catalog")), None);
+    }
+
+    #[test]
+    fn every_chunk_of_the_longest_track_has_a_packed_place() {
+        // Durations are capped at 3 hours: 0.5 s + 3,600 × 3 s, 3,601 chunks, under 2^12.
+        let mut c = SynthCatalog::new(9, Dist::Const(1e9), 160.0, 256);
+        c.track(5);
+        let t = c.track(7);
+        assert_eq!(t.chunks().len(), 3601);
+        for (i, ch) in t.chunks().iter().enumerate() {
+            assert_eq!(c.locate(&ch.id), Some((7, i as u32)), "chunk {i}");
+        }
+        assert!(c.by_chunk_overflow.is_empty());
     }
 
     use super::*;

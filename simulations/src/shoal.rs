@@ -30,9 +30,9 @@
 use std::collections::BTreeSet;
 
 use shoal_peer::core::{
-    AnnounceConfig, Announcer, ChunkMsg, ChunkNames, ChunkServer, Item, ManifestPool, PeerCommand,
-    PeerConfig, PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent, ServerCommand,
-    ServerConfig,
+    AnnounceConfig, Announcer, ChunkMsg, ChunkNames, ChunkServer, Item, ManifestPool, NodeNames,
+    PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent,
+    ServerCommand, ServerConfig,
 };
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
@@ -354,6 +354,8 @@ pub struct ShoalCores {
     manifests: ManifestPool,
     /// The chunk ids in every listener core's cache index, stored once for the run.
     chunk_names: ChunkNames,
+    /// The node ids in every listener core's table of known nodes, stored once for the run.
+    node_names: NodeNames,
 }
 
 /// The shipped client's core configuration with the thresholds `[peer]` sets.
@@ -425,6 +427,7 @@ impl ShoalCores {
             scale: u64::from(s.catalog.payload_scale.max(1)),
             manifests,
             chunk_names: ChunkNames::new(),
+            node_names: NodeNames::new(),
         }
     }
 
@@ -730,7 +733,8 @@ impl Cores for ShoalCores {
                 };
                 let mut core = PeerCore::new(self.config_of(limits))
                     .with_manifest_pool(self.manifests.clone())
-                    .with_chunk_names(self.chunk_names.clone());
+                    .with_chunk_names(self.chunk_names.clone())
+                    .with_node_names(self.node_names.clone());
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -837,7 +841,8 @@ impl Cores for ShoalCores {
         let limits = self.peers.get(node as usize)?.limits?;
         let mut core = PeerCore::new(self.config_of(limits))
             .with_manifest_pool(pool)
-            .with_chunk_names(self.chunk_names.clone());
+            .with_chunk_names(self.chunk_names.clone())
+            .with_node_names(self.node_names.clone());
         let p = self.peers.get_mut(node as usize)?;
         let disk = std::mem::take(&mut p.disk);
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();

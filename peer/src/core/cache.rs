@@ -2,14 +2,13 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
-use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
-
 use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
+use std::hash::BuildHasher;
 
 use super::config::CacheConfig;
 use super::idmap::IdBuild;
+pub use super::names::ChunkNames;
 
 /// No slot.
 const NIL: u32 = u32::MAX;
@@ -34,63 +33,6 @@ enum Ids {
     Inline(Vec<ChunkId>),
     /// Once per process in a table shared by many indexes, each slot holding a 4-byte key.
     Named(ChunkNames),
-}
-
-/// Chunk ids shared by the cache indexes of a process that runs many cores (the simulator runs
-/// one per simulated listener, and a popular chunk sits in thousands of caches): each id is
-/// stored once and an index's slot holds a 4-byte key instead of the 32-byte id. Clone it to
-/// share it. Append-only: an id stays until the table is dropped, so it suits a run over a
-/// finite catalog, not a long-lived client (which runs one core and needs none).
-#[derive(Debug, Clone, Default)]
-pub struct ChunkNames {
-    inner: Arc<NamesInner>,
-}
-
-#[derive(Debug, Default)]
-struct NamesInner {
-    /// Ids by key; read without a lock (an index compares against them on every lookup).
-    ids: boxcar::Vec<ChunkId>,
-    /// Keys hashed by their id, to find an id's key when it is cached.
-    keys: Mutex<HashTable<u32>>,
-}
-
-impl ChunkNames {
-    /// An empty table.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Ids named so far.
-    pub fn len(&self) -> usize {
-        self.inner.ids.count()
-    }
-
-    /// No id named yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// `chunk`'s key, naming it now if it has none; `None` once 2^32 − 1 ids are named.
-    fn key_of(&self, chunk: &ChunkId) -> Option<u32> {
-        let ids = &self.inner.ids;
-        let mut keys = self.inner.keys.lock().ok()?;
-        let hash = CacheIndex::hash(chunk);
-        if let Some(&k) = keys.find(hash, |&k| ids.get(k as usize) == Some(chunk)) {
-            return Some(k);
-        }
-        let k = u32::try_from(ids.count()).ok().filter(|&k| k != NIL)?;
-        let pushed = ids.push(*chunk);
-        debug_assert_eq!(pushed, k as usize, "one writer at a time (under the lock)");
-        keys.insert_unique(hash, k, |&j| {
-            ids.get(j as usize).map_or(0, CacheIndex::hash)
-        });
-        Some(k)
-    }
-
-    /// The id named `key`.
-    fn id(&self, key: u32) -> Option<&ChunkId> {
-        self.inner.ids.get(key as usize)
-    }
 }
 
 /// LRU index of cached chunks: a hash index into slots linked from least to most recently

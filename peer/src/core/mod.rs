@@ -26,6 +26,8 @@ mod attach;
 mod cache;
 mod config;
 pub mod idmap;
+mod names;
+mod nodes;
 mod pool;
 mod scheduler;
 mod server;
@@ -38,8 +40,9 @@ mod tests;
 
 pub use announce::{AnnounceConfig, AnnouncePlan, Announcer};
 pub use attach::{AttachConfig, Attacher};
-pub use cache::{CacheIndex, ChunkNames};
+pub use cache::CacheIndex;
 pub use config::{CacheConfig, PeerConfig, SchedulerConfig, ServerConfig};
+pub use names::{ChunkNames, Names, NodeNames};
 pub use pool::ManifestPool;
 pub use scheduler::{
     BanReason, FetchScheduler, PeerInfo, SchedulerCommand, SchedulerEvent, SessionStats, Source,
@@ -126,6 +129,13 @@ impl PeerCore {
     /// the same table (see [`ChunkNames`]; for a process running many cores).
     pub fn with_chunk_names(mut self, names: ChunkNames) -> Self {
         self.scheduler.set_chunk_names(names);
+        self
+    }
+
+    /// Builder: the scheduler's table of known nodes keeps their ids in `names`, shared with
+    /// every core given the same table (see [`NodeNames`]).
+    pub fn with_node_names(mut self, names: NodeNames) -> Self {
+        self.scheduler.set_node_names(names);
         self
     }
 

@@ -20,6 +20,8 @@ use super::cache::CacheIndex;
 use super::cache::ChunkNames;
 use super::config::SchedulerConfig;
 use super::idmap::{IdMap, IdSet};
+use super::names::NodeNames;
+use super::nodes::NodeTable;
 use super::pool::ManifestPool;
 use super::stats::{BytesBySource, PlayStats, SourceKind};
 
@@ -560,7 +562,7 @@ fn ms_samples(ms: u64) -> u64 {
 pub struct FetchScheduler {
     config: SchedulerConfig,
     origin: Option<NodeId>,
-    nodes: IdMap<NodeId, NodeState>,
+    nodes: NodeTable<NodeState>,
     holders: IdMap<TrackId, Vec<NodeId>>,
     banned: IdSet<NodeId>,
     banned_order: VecDeque<NodeId>,
@@ -590,7 +592,7 @@ impl FetchScheduler {
         Self {
             config,
             origin: None,
-            nodes: IdMap::default(),
+            nodes: NodeTable::default(),
             holders: IdMap::default(),
             banned: IdSet::default(),
             banned_order: VecDeque::new(),
@@ -620,6 +622,12 @@ impl FetchScheduler {
     /// [`ChunkNames`]); no decision changes.
     pub fn set_chunk_names(&mut self, names: ChunkNames) {
         self.cache.set_names(names);
+    }
+
+    /// Keeps the ids of its known nodes in `names`, shared with other cores (see
+    /// [`NodeNames`]); no decision changes.
+    pub fn set_node_names(&mut self, names: NodeNames) {
+        self.nodes.set_names(names);
     }
 
     /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):
@@ -789,7 +797,7 @@ impl FetchScheduler {
                 superpeer: false,
                 heard: false,
             };
-            self.nodes.entry(o).or_insert(state);
+            self.nodes.get_or_insert(o, state);
         }
     }
 
@@ -950,16 +958,21 @@ impl FetchScheduler {
             }
             let rtt = SchedulerConfig::ms(p.rtt_ms.map_or(self.config.initial_rtt_ms, u64::from));
             let initial = self.config.initial_peer_rate as f64;
-            let state = self.nodes.entry(p.node).or_insert(NodeState {
-                rate: initial,
-                rtt: rtt.into(),
-                in_flight: 0,
-                outstanding: 0,
-                last_completion: Time::ZERO,
-                busy_until: Time::ZERO,
-                superpeer: p.superpeer,
-                heard: false,
-            });
+            let Some(state) = self.nodes.get_or_insert(
+                p.node,
+                NodeState {
+                    rate: initial,
+                    rtt: rtt.into(),
+                    in_flight: 0,
+                    outstanding: 0,
+                    last_completion: Time::ZERO,
+                    busy_until: Time::ZERO,
+                    superpeer: p.superpeer,
+                    heard: false,
+                },
+            ) else {
+                continue;
+            };
             state.superpeer = p.superpeer;
             list.push(p.node);
         }
@@ -991,8 +1004,8 @@ impl FetchScheduler {
         let victim = self
             .nodes
             .iter()
-            .filter(|(n, s)| s.in_flight == 0 && Some(**n) != self.origin && !listed.contains(n))
-            .map(|(n, _)| *n)
+            .filter(|(n, s)| s.in_flight == 0 && Some(*n) != self.origin && !listed.contains(n))
+            .map(|(n, _)| n)
             .min();
         match victim {
             Some(v) => {

@@ -1,0 +1,95 @@
+//! Ids shared by the tables of many cores in one process: a table stores a 4-byte key per
+//! entry instead of a 32-byte id. The simulator runs one core per simulated listener, and a
+//! popular chunk sits in thousands of caches, a popular peer in thousands of node tables. The
+//! real client runs one core and keeps its ids inline.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::{Arc, Mutex};
+
+use hashbrown::HashTable;
+use shoal_protocol::{ChunkId, NodeId};
+
+use super::idmap::IdBuild;
+
+/// The key no id gets: a full table.
+const FULL: u32 = u32::MAX;
+
+/// Ids of type `I` named by 4-byte keys, shared by clones. Append-only: an id keeps its key
+/// until the last clone is dropped, so it suits a run over a finite population and catalog,
+/// not a long-lived client.
+#[derive(Debug)]
+pub struct Names<I> {
+    inner: Arc<NamesInner<I>>,
+}
+
+/// Chunk ids shared by cache indexes ([`super::CacheIndex`]).
+pub type ChunkNames = Names<ChunkId>;
+/// Node ids shared by schedulers' tables of known nodes.
+pub type NodeNames = Names<NodeId>;
+
+#[derive(Debug)]
+struct NamesInner<I> {
+    /// Ids by key; read without a lock (tables compare against them on every lookup).
+    ids: boxcar::Vec<I>,
+    /// Keys hashed by their id, to find an id's key.
+    keys: Mutex<HashTable<u32>>,
+}
+
+impl<I> Clone for Names<I> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<I> Default for Names<I> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(NamesInner {
+                ids: boxcar::Vec::new(),
+                keys: Mutex::new(HashTable::new()),
+            }),
+        }
+    }
+}
+
+impl<I: Copy + Eq + Hash> Names<I> {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ids named so far.
+    pub fn len(&self) -> usize {
+        self.inner.ids.count()
+    }
+
+    /// No id named yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `id`'s key, naming it now if it has none; `None` once 2^32 − 1 ids are named.
+    pub(crate) fn key_of(&self, id: &I) -> Option<u32> {
+        let ids = &self.inner.ids;
+        let mut keys = self.inner.keys.lock().ok()?;
+        let build = IdBuild::default();
+        let hash = build.hash_one(id);
+        if let Some(&k) = keys.find(hash, |&k| ids.get(k as usize) == Some(id)) {
+            return Some(k);
+        }
+        let k = u32::try_from(ids.count()).ok().filter(|&k| k != FULL)?;
+        let pushed = ids.push(*id);
+        debug_assert_eq!(pushed, k as usize, "one writer at a time (under the lock)");
+        keys.insert_unique(hash, k, |&j| {
+            ids.get(j as usize).map_or(0, |x| build.hash_one(x))
+        });
+        Some(k)
+    }
+
+    /// The id named `key`.
+    pub(crate) fn id(&self, key: u32) -> Option<&I> {
+        self.inner.ids.get(key as usize)
+    }
+}

@@ -9,12 +9,13 @@ use std::hash::BuildHasher;
 use super::config::CacheConfig;
 use super::idmap::IdBuild;
 pub use super::names::ChunkNames;
+use super::names::IdStore;
 
 /// No slot.
 const NIL: u32 = u32::MAX;
 
 /// One cached chunk, linked into the age list (or, when free, into the free list by `next`).
-/// Its id is in the index's [`Ids`]: 16 bytes a slot.
+/// Its id is in the index's `ids`: 16 bytes a slot.
 #[derive(Debug, Clone)]
 struct Slot {
     /// Its key in [`ChunkNames`] (unused when the ids are inline).
@@ -24,15 +25,6 @@ struct Slot {
     prev: u32,
     /// Next newer entry.
     next: u32,
-}
-
-/// Where a cache index keeps its chunks' ids.
-#[derive(Debug, Clone)]
-enum Ids {
-    /// Beside the slots: slot `i`'s id is `ids[i]` (the client: one index in the process).
-    Inline(Vec<ChunkId>),
-    /// Once per process in a table shared by many indexes, each slot holding a 4-byte key.
-    Named(ChunkNames),
 }
 
 /// LRU index of cached chunks: a hash index into slots linked from least to most recently
@@ -46,7 +38,7 @@ pub struct CacheIndex {
     /// keyed by the id would store it twice; a simulated listener caches thousands).
     index: HashTable<u32>,
     slots: Vec<Slot>,
-    ids: Ids,
+    ids: IdStore<ChunkId>,
     /// First free slot (linked by `next`).
     free: u32,
     /// Least recently used.
@@ -66,7 +58,7 @@ impl CacheIndex {
             config,
             index: HashTable::new(),
             slots: Vec::new(),
-            ids: Ids::Inline(Vec::new()),
+            ids: IdStore::Inline(Vec::new()),
             free: NIL,
             oldest: NIL,
             newest: NIL,
@@ -80,7 +72,7 @@ impl CacheIndex {
     pub fn set_names(&mut self, names: ChunkNames) {
         let held: Vec<(ChunkId, u32)> = self.oldest_first().collect();
         let mut named = Self {
-            ids: Ids::Named(names),
+            ids: IdStore::Named(names),
             ..Self::new(self.config.clone())
         };
         for (chunk, len) in held {
@@ -95,22 +87,13 @@ impl CacheIndex {
     }
 
     /// The id of slot `i`.
-    fn id_at(ids: &Ids, slots: &[Slot], i: u32) -> Option<ChunkId> {
-        match ids {
-            Ids::Inline(v) => v.get(i as usize).copied(),
-            Ids::Named(n) => slots.get(i as usize).and_then(|s| n.id(s.key)).copied(),
-        }
+    fn id_at(ids: &IdStore<ChunkId>, slots: &[Slot], i: u32) -> Option<ChunkId> {
+        ids.get(i, slots.get(i as usize).map(|s| s.key))
     }
 
     /// Slot `i` holds `chunk`.
-    fn holds(ids: &Ids, slots: &[Slot], i: u32, chunk: &ChunkId) -> bool {
-        match ids {
-            Ids::Inline(v) => v.get(i as usize) == Some(chunk),
-            Ids::Named(n) => slots
-                .get(i as usize)
-                .and_then(|s| n.id(s.key))
-                .is_some_and(|id| id == chunk),
-        }
+    fn holds(ids: &IdStore<ChunkId>, slots: &[Slot], i: u32, chunk: &ChunkId) -> bool {
+        Self::id_at(ids, slots, i).as_ref() == Some(chunk)
     }
 
     /// The slot holding `chunk`.
@@ -193,8 +176,8 @@ impl CacheIndex {
     /// A slot for `id`; `None` when a shared name table is full.
     fn alloc(&mut self, id: ChunkId, len: u32) -> Option<u32> {
         let key = match &self.ids {
-            Ids::Inline(_) => 0,
-            Ids::Named(n) => n.key_of(&id)?,
+            IdStore::Inline(_) => 0,
+            IdStore::Named(n) => n.key_of(&id)?,
         };
         let slot = Slot {
             key,
@@ -219,7 +202,7 @@ impl CacheIndex {
                 i
             }
         };
-        if let Ids::Inline(v) = &mut self.ids {
+        if let IdStore::Inline(v) = &mut self.ids {
             match v.get_mut(i as usize) {
                 Some(x) => *x = id,
                 None => {

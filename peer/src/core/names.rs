@@ -93,3 +93,23 @@ impl<I: Copy + Eq + Hash> Names<I> {
         self.inner.ids.get(key as usize)
     }
 }
+
+/// Where a table of many cores' kind keeps the ids of its entries.
+#[derive(Debug, Clone)]
+pub(crate) enum IdStore<I> {
+    /// Beside the entries: entry `i`'s id is `ids[i]` (the client: one core in the process).
+    Inline(Vec<I>),
+    /// In names shared by many tables; each entry holds its 4-byte key.
+    Named(Names<I>),
+}
+
+impl<I: Copy + Eq + Hash> IdStore<I> {
+    /// The id of entry `i`, whose key is `key` (`None` for no entry: a key of a table this
+    /// entry does not belong to never reaches here).
+    pub(crate) fn get(&self, i: u32, key: Option<u32>) -> Option<I> {
+        match self {
+            Self::Inline(v) => v.get(i as usize).copied(),
+            Self::Named(n) => key.and_then(|k| n.id(k)).copied(),
+        }
+    }
+}

@@ -9,16 +9,7 @@ use hashbrown::HashTable;
 use shoal_protocol::NodeId;
 
 use super::idmap::IdBuild;
-use super::names::NodeNames;
-
-/// Where the table keeps its ids.
-#[derive(Debug, Clone)]
-enum Ids {
-    /// Beside the entries: entry `i`'s id is `ids[i]`.
-    Inline(Vec<NodeId>),
-    /// In a table shared by many cores; an entry holds its 4-byte key.
-    Named(NodeNames),
-}
+use super::names::{IdStore, NodeNames};
 
 /// Node states by node id. Iteration order is unspecified (callers that pick by order take the
 /// smallest id explicitly).
@@ -26,9 +17,9 @@ enum Ids {
 pub(crate) struct NodeTable<S> {
     /// Positions in `entries`, hashed by their entry's id.
     index: HashTable<u32>,
-    /// (key in `Ids::Named`, unused inline; state).
+    /// (key in `IdStore::Named`, unused inline; state).
     entries: Vec<(u32, S)>,
-    ids: Ids,
+    ids: IdStore<NodeId>,
 }
 
 impl<S> Default for NodeTable<S> {
@@ -36,7 +27,7 @@ impl<S> Default for NodeTable<S> {
         Self {
             index: HashTable::new(),
             entries: Vec::new(),
-            ids: Ids::Inline(Vec::new()),
+            ids: IdStore::Inline(Vec::new()),
         }
     }
 }
@@ -46,21 +37,12 @@ impl<S> NodeTable<S> {
         IdBuild::default().hash_one(id)
     }
 
-    fn id_at(ids: &Ids, entries: &[(u32, S)], i: u32) -> Option<NodeId> {
-        match ids {
-            Ids::Inline(v) => v.get(i as usize).copied(),
-            Ids::Named(n) => entries.get(i as usize).and_then(|e| n.id(e.0)).copied(),
-        }
+    fn id_at(ids: &IdStore<NodeId>, entries: &[(u32, S)], i: u32) -> Option<NodeId> {
+        ids.get(i, entries.get(i as usize).map(|e| e.0))
     }
 
-    fn holds(ids: &Ids, entries: &[(u32, S)], i: u32, id: &NodeId) -> bool {
-        match ids {
-            Ids::Inline(v) => v.get(i as usize) == Some(id),
-            Ids::Named(n) => entries
-                .get(i as usize)
-                .and_then(|e| n.id(e.0))
-                .is_some_and(|x| x == id),
-        }
+    fn holds(ids: &IdStore<NodeId>, entries: &[(u32, S)], i: u32, id: &NodeId) -> bool {
+        Self::id_at(ids, entries, i).as_ref() == Some(id)
     }
 
     fn position(&self, id: &NodeId) -> Option<u32> {
@@ -73,12 +55,9 @@ impl<S> NodeTable<S> {
     /// Keeps the ids in `names`, shared with other tables, instead of beside each entry.
     pub(crate) fn set_names(&mut self, names: NodeNames) {
         let Self { entries, ids, .. } = std::mem::take(self);
-        self.ids = Ids::Named(names);
+        self.ids = IdStore::Named(names);
         for (i, (key, state)) in entries.into_iter().enumerate() {
-            let id = match &ids {
-                Ids::Inline(v) => v.get(i).copied(),
-                Ids::Named(n) => n.id(key).copied(),
-            };
+            let id = ids.get(i as u32, Some(key));
             if let Some(id) = id {
                 self.get_or_insert(id, state);
             }
@@ -110,11 +89,11 @@ impl<S> NodeTable<S> {
             Some(i) => i,
             None => {
                 let key = match &mut self.ids {
-                    Ids::Inline(v) => {
+                    IdStore::Inline(v) => {
                         v.push(id);
                         0
                     }
-                    Ids::Named(n) => n.key_of(&id)?,
+                    IdStore::Named(n) => n.key_of(&id)?,
                 };
                 let i = self.entries.len() as u32;
                 if self.entries.len() == self.entries.capacity() {
@@ -148,7 +127,7 @@ impl<S> NodeTable<S> {
                 }
             }
         }
-        if let Ids::Inline(v) = &mut self.ids {
+        if let IdStore::Inline(v) = &mut self.ids {
             v.swap_remove(i as usize);
         }
         Some(self.entries.swap_remove(i as usize).1)

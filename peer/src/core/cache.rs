@@ -2,14 +2,15 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
+use std::hash::BuildHasher;
+
 use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
-use std::hash::BuildHasher;
 
 use super::config::CacheConfig;
 use super::idmap::IdBuild;
 pub use super::names::ChunkNames;
-use super::names::IdStore;
+use super::names::{IdStore, push_sparingly};
 
 /// No slot.
 const NIL: u32 = u32::MAX;
@@ -187,13 +188,7 @@ impl CacheIndex {
         };
         let i = match self.free {
             NIL => {
-                // Grow by a quarter, not double: a simulated run holds one index per listener,
-                // and doubling leaves a third of the slots unused on average. Still amortised
-                // O(1) per insert.
-                if self.slots.len() == self.slots.capacity() {
-                    self.slots.reserve_exact((self.slots.len() / 4).max(16));
-                }
-                self.slots.push(slot);
+                push_sparingly(&mut self.slots, slot, 16);
                 (self.slots.len() - 1) as u32
             }
             i => {
@@ -205,12 +200,7 @@ impl CacheIndex {
         if let IdStore::Inline(v) = &mut self.ids {
             match v.get_mut(i as usize) {
                 Some(x) => *x = id,
-                None => {
-                    if v.len() == v.capacity() {
-                        v.reserve_exact((v.len() / 4).max(16));
-                    }
-                    v.push(id);
-                }
+                None => push_sparingly(v, id, 16),
             }
         }
         Some(i)

@@ -9,7 +9,7 @@ use hashbrown::HashTable;
 use shoal_protocol::NodeId;
 
 use super::idmap::IdBuild;
-use super::names::{IdStore, NodeNames};
+use super::names::{IdStore, NodeNames, push_sparingly};
 
 /// Node states by node id. Iteration order is unspecified (callers that pick by order take the
 /// smallest id explicitly).
@@ -96,11 +96,7 @@ impl<S> NodeTable<S> {
                     IdStore::Named(n) => n.key_of(&id)?,
                 };
                 let i = self.entries.len() as u32;
-                if self.entries.len() == self.entries.capacity() {
-                    // By a quarter, not double: one table per simulated listener.
-                    self.entries.reserve_exact((self.entries.len() / 4).max(4));
-                }
-                self.entries.push((key, state));
+                push_sparingly(&mut self.entries, (key, state), 4);
                 let (ids, entries) = (&self.ids, &self.entries);
                 self.index.insert_unique(Self::hash(&id), i, |&j| {
                     Self::id_at(ids, entries, j).map_or(0, |x| Self::hash(&x))

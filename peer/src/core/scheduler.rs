@@ -5,10 +5,11 @@
 //! in the simulator. It verifies every byte it accepts and bans peers that send bad ones.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use litemap::LiteMap;
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
 use shoal_protocol::{
     ChunkId, Core, Input, Manifest, ManifestError, NodeId, Output, SAMPLE_RATE, Time, TimerSet,
@@ -572,7 +573,9 @@ pub struct FetchScheduler {
     fetches: [Option<TrackFetch>; 2],
     play: Option<Playback>,
     queue: VecDeque<TrackId>,
-    requests: BTreeMap<ReqKey, Req>,
+    /// Requests in flight, sorted by key (at most `max_in_flight_total`, so a sorted vector:
+    /// a B-tree kept a 1.4 KiB node per listener in a simulated run, even for one request).
+    requests: LiteMap<ReqKey, Req>,
     next_request: u64,
     /// Scratch for [`FetchScheduler::window`], kept to spare an allocation per call.
     window_buf: Vec<(usize, Time)>,
@@ -602,7 +605,7 @@ impl FetchScheduler {
             fetches: [None, None],
             play: None,
             queue: VecDeque::new(),
-            requests: BTreeMap::new(),
+            requests: LiteMap::new(),
             next_request: 1,
             window_buf: Vec::new(),
             pool: None,
@@ -1085,6 +1088,10 @@ impl FetchScheduler {
 
     fn take_request(&mut self, key: ReqKey) -> Option<Req> {
         let req = self.requests.remove(&key)?;
+        if self.requests.is_empty() {
+            // Freed between bursts: most of a simulated listener's life has nothing in flight.
+            self.requests = LiteMap::new();
+        }
         self.timers.cancel(&Timer::Late(key));
         self.timers.cancel(&Timer::Expire(key));
         if let Some(n) = self.nodes.get_mut(&key.0) {

@@ -256,6 +256,11 @@ impl SynthCatalog {
         self.find(id).map(|(track, index, _)| (track, index))
     }
 
+    /// Length of a chunk of a materialised track.
+    pub fn chunk_len(&self, id: &ChunkId) -> Option<u32> {
+        self.find(id).map(|(_, _, len)| len)
+    }
+
     /// (catalog index, chunk index, length) of a chunk of a materialised track.
     fn find(&self, id: &ChunkId) -> Option<(u32, u32, u32)> {
         let packed = self.by_chunk.get(&Self::prefix(id)).and_then(|&place| {

@@ -232,8 +232,9 @@ struct PeerDriver {
     /// build the core again when the client restarts; `None` for a node that is no listener.
     limits: Option<PeerLimits>,
     /// While the client is not running: the chunks its disk cache holds, least recently used
-    /// first, as `track << 32 | index` (what a restarting client reads back from its disk).
-    disk: Vec<u64>,
+    /// first, as their keys in the run's [`ChunkNames`] (what a restarting client reads back
+    /// from its disk; 4 bytes a chunk for every listener offline).
+    disk: Vec<u32>,
     /// The listener's plays so far (the last one's number tags its set-up messages).
     play_seq: u32,
     /// A play waiting for its set-up round trips with the service.
@@ -818,8 +819,7 @@ impl Cores for ShoalCores {
         disk.extend(
             cache
                 .oldest_first()
-                .filter_map(|(id, _)| self.catalog.locate(&id))
-                .map(|(t, i)| u64::from(t) << 32 | u64::from(i)),
+                .filter_map(|(id, _)| self.chunk_names.key_of(&id)),
         );
         drop(c);
         match self.peers.get_mut(node as usize) {
@@ -848,17 +848,12 @@ impl Cores for ShoalCores {
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();
         tracks.sort_unstable();
         let cmd = |c| Input::Command(PeerCommand::Fetch(c));
-        for packed in disk {
-            let (t, i) = ((packed >> 32) as u32, packed as u32);
-            let track = self.catalog.track(t);
-            if let Some(c) = track.chunks().get(i as usize) {
-                core.handle_input(
-                    now,
-                    cmd(SchedulerCommand::CacheHas {
-                        chunk: c.id,
-                        len: c.len,
-                    }),
-                );
+        for key in disk {
+            let Some(&chunk) = self.chunk_names.id(key) else {
+                continue;
+            };
+            if let Some(len) = self.catalog.chunk_len(&chunk) {
+                core.handle_input(now, cmd(SchedulerCommand::CacheHas { chunk, len }));
             }
         }
         for t in tracks {

@@ -71,7 +71,7 @@ impl<I: Copy + Eq + Hash> Names<I> {
     }
 
     /// `id`'s key, naming it now if it has none; `None` once 2^32 − 1 ids are named.
-    pub(crate) fn key_of(&self, id: &I) -> Option<u32> {
+    pub fn key_of(&self, id: &I) -> Option<u32> {
         let ids = &self.inner.ids;
         let mut keys = self.inner.keys.lock().ok()?;
         let build = IdBuild::default();
@@ -89,7 +89,7 @@ impl<I: Copy + Eq + Hash> Names<I> {
     }
 
     /// The id named `key`.
-    pub(crate) fn id(&self, key: u32) -> Option<&I> {
+    pub fn id(&self, key: u32) -> Option<&I> {
         self.inner.ids.get(key as usize)
     }
 }

@@ -64,6 +64,11 @@ impl<S> NodeTable<S> {
         }
     }
 
+    /// Where the ids live (for [`IdList`]s of this table's nodes).
+    pub(crate) fn ids(&self) -> &IdStore<NodeId> {
+        &self.ids
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }

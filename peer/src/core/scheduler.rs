@@ -21,7 +21,7 @@ use super::cache::CacheIndex;
 use super::cache::ChunkNames;
 use super::config::SchedulerConfig;
 use super::idmap::{IdMap, IdSet};
-use super::names::NodeNames;
+use super::names::{IdList, NodeNames};
 use super::nodes::NodeTable;
 use super::pool::ManifestPool;
 use super::stats::{BytesBySource, PlayStats, SourceKind};
@@ -564,7 +564,7 @@ pub struct FetchScheduler {
     config: SchedulerConfig,
     origin: Option<NodeId>,
     nodes: NodeTable<NodeState>,
-    holders: IdMap<TrackId, Vec<NodeId>>,
+    holders: IdMap<TrackId, IdList<NodeId>>,
     banned: IdSet<NodeId>,
     banned_order: VecDeque<NodeId>,
     cache: CacheIndex,
@@ -630,7 +630,11 @@ impl FetchScheduler {
     /// Keeps the ids of its known nodes in `names`, shared with other cores (see
     /// [`NodeNames`]); no decision changes.
     pub fn set_node_names(&mut self, names: NodeNames) {
+        let before = self.nodes.ids().clone();
         self.nodes.set_names(names);
+        for list in self.holders.values_mut() {
+            *list = list.rebuilt(&before, self.nodes.ids());
+        }
     }
 
     /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):
@@ -945,14 +949,17 @@ impl FetchScheduler {
     }
 
     fn set_peers(&mut self, track: TrackId, peers: Vec<PeerInfo>) {
-        let mut list = Vec::with_capacity(peers.len().min(self.config.max_peers_per_track));
+        let mut list = IdList::with_capacity(
+            self.nodes.ids(),
+            peers.len().min(self.config.max_peers_per_track),
+        );
         for p in peers {
             if list.len() >= self.config.max_peers_per_track {
                 break;
             }
             if self.banned.contains(&p.node)
                 || Some(p.node) == self.origin
-                || list.contains(&p.node)
+                || list.iter(self.nodes.ids()).any(|n| n == p.node)
             {
                 continue;
             }
@@ -977,7 +984,7 @@ impl FetchScheduler {
                 continue;
             };
             state.superpeer = p.superpeer;
-            list.push(p.node);
+            list.push(self.nodes.ids(), p.node);
         }
         if !self.holders.contains_key(&track)
             && self.holders.len() >= self.config.max_tracks_with_peers
@@ -1002,7 +1009,8 @@ impl FetchScheduler {
         if self.nodes.len() < self.config.max_known_nodes {
             return true;
         }
-        let listed: IdSet<NodeId> = self.holders.values().flatten().copied().collect();
+        let ids = self.nodes.ids();
+        let listed: IdSet<NodeId> = self.holders.values().flat_map(|l| l.iter(ids)).collect();
         // The smallest id that can go (the order the table had as a B-tree).
         let victim = self
             .nodes
@@ -1326,7 +1334,7 @@ impl FetchScheduler {
             self.cancel_request(k);
         }
         for list in self.holders.values_mut() {
-            list.retain(|n| *n != peer);
+            list.remove(self.nodes.ids(), &peer);
         }
         self.nodes.remove(&peer);
         self.emit(SchedulerEvent::PeerBanned { peer, reason });
@@ -1573,19 +1581,19 @@ impl FetchScheduler {
     ) -> Option<(NodeId, Time)> {
         let list = self.holders.get(&f.track)?;
         let mut best: Option<(NodeId, Time)> = None;
-        for node in list {
-            if exclude.contains(node)
-                || (!f.not_have.is_empty() && f.not_have.contains(&(what_index, *node)))
+        for node in list.iter(self.nodes.ids()) {
+            if exclude.contains(&node)
+                || (!f.not_have.is_empty() && f.not_have.contains(&(what_index, node)))
             {
                 continue;
             }
-            let Some(n) = self.usable(node, now) else {
+            let Some(n) = self.usable(&node, now) else {
                 continue;
             };
             let t = n.expected(now, len);
             // Ties go to the earlier (nearer) holder.
             if best.is_none_or(|(_, bt)| t < bt) {
-                best = Some((*node, t));
+                best = Some((node, t));
             }
         }
         best
@@ -1594,9 +1602,9 @@ impl FetchScheduler {
     /// True when some non-banned holder has not said it lacks `index`.
     fn has_holders(&self, f: &TrackFetch, index: usize) -> bool {
         self.holders.get(&f.track).is_some_and(|l| {
-            l.iter().any(|n| {
-                (self.banned.is_empty() || !self.banned.contains(n))
-                    && (f.not_have.is_empty() || !f.not_have.contains(&(index, *n)))
+            l.iter(self.nodes.ids()).any(|n| {
+                (self.banned.is_empty() || !self.banned.contains(&n))
+                    && (f.not_have.is_empty() || !f.not_have.contains(&(index, n)))
             })
         })
     }
@@ -2060,7 +2068,7 @@ impl Core for FetchScheduler {
                 }
                 if Some(node) != self.origin {
                     for list in self.holders.values_mut() {
-                        list.retain(|n| *n != node);
+                        list.remove(self.nodes.ids(), &node);
                     }
                 }
             }

@@ -2,13 +2,11 @@
 //! an entry limit, deciding what to evict. The disk itself belongs to the driver, which is told
 //! what to delete.
 
-use std::hash::BuildHasher;
-
 use hashbrown::HashTable;
 use shoal_protocol::ChunkId;
 
 use super::config::CacheConfig;
-use super::idmap::IdBuild;
+use super::idmap::id_hash;
 pub use super::names::ChunkNames;
 use super::names::{IdStore, push_sparingly};
 
@@ -83,10 +81,6 @@ impl CacheIndex {
         *self = named;
     }
 
-    fn hash(chunk: &ChunkId) -> u64 {
-        IdBuild::default().hash_one(chunk)
-    }
-
     /// The id of slot `i`.
     fn id_at(ids: &IdStore<ChunkId>, slots: &[Slot], i: u32) -> Option<ChunkId> {
         ids.get(i, slots.get(i as usize).map(|s| s.key))
@@ -101,7 +95,7 @@ impl CacheIndex {
     fn slot_of(&self, chunk: &ChunkId) -> Option<u32> {
         let (ids, slots) = (&self.ids, &self.slots);
         self.index
-            .find(Self::hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
+            .find(id_hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
             .copied()
     }
 
@@ -109,7 +103,7 @@ impl CacheIndex {
     fn unindex(&mut self, chunk: &ChunkId) -> Option<u32> {
         let (ids, slots) = (&self.ids, &self.slots);
         self.index
-            .find_entry(Self::hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
+            .find_entry(id_hash(chunk), |&i| Self::holds(ids, slots, i, chunk))
             .ok()
             .map(|e| e.remove().0)
     }
@@ -237,8 +231,8 @@ impl CacheIndex {
         };
         self.inserts += 1;
         let (ids, slots) = (&self.ids, &self.slots);
-        self.index.insert_unique(Self::hash(&chunk), i, |&j| {
-            Self::id_at(ids, slots, j).map_or(0, |id| Self::hash(&id))
+        self.index.insert_unique(id_hash(&chunk), i, |&j| {
+            Self::id_at(ids, slots, j).map_or(0, |id| id_hash(&id))
         });
         self.push_newest(i);
         self.bytes += u64::from(len);

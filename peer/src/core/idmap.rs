@@ -9,7 +9,7 @@
 //! by a remote party's choice is bounded by the configuration (known nodes, bans, holders per
 //! track, not-have answers), so colliding keys could at worst make one bounded table a list.
 
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 
 /// Folds 8-byte words with a multiply-rotate step (as FxHash does) and finishes with a
 /// 64-bit mixer so that the high bits, which `HashMap` uses for its control bytes, depend on
@@ -75,6 +75,12 @@ impl Hasher for IdHasher {
 
 /// `BuildHasher` for [`IdHasher`] (deterministic: no per-process seed).
 pub type IdBuild = BuildHasherDefault<IdHasher>;
+/// `t`'s hash under [`IdBuild`], for the tables that hash ids themselves (`hashbrown`'s
+/// `HashTable`s of positions and keys).
+pub fn id_hash<T: Hash>(t: &T) -> u64 {
+    IdBuild::default().hash_one(t)
+}
+
 /// A `HashMap` with [`IdHasher`].
 pub type IdMap<K, V> = std::collections::HashMap<K, V, IdBuild>;
 /// A `HashSet` with [`IdHasher`].
@@ -83,23 +89,21 @@ pub type IdSet<K> = std::collections::HashSet<K, IdBuild>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::hash::{BuildHasher, Hash};
-
-    fn hash<T: Hash>(t: &T) -> u64 {
-        IdBuild::default().hash_one(t)
-    }
 
     #[test]
     fn every_word_counts() {
         let a = [0u8; 32];
         let mut seen = IdSet::default();
-        assert!(seen.insert(hash(&a)));
+        assert!(seen.insert(id_hash(&a)));
         for i in 0..32 {
             let mut b = a;
             b[i] = 1;
-            assert!(seen.insert(hash(&b)), "byte {i} does not change the hash");
+            assert!(
+                seen.insert(id_hash(&b)),
+                "byte {i} does not change the hash"
+            );
         }
-        assert_eq!(hash(&(3usize, [7u8; 32])), hash(&(3usize, [7u8; 32])));
-        assert_ne!(hash(&(3usize, [7u8; 32])), hash(&(4usize, [7u8; 32])));
+        assert_eq!(id_hash(&(3usize, [7u8; 32])), id_hash(&(3usize, [7u8; 32])));
+        assert_ne!(id_hash(&(3usize, [7u8; 32])), id_hash(&(4usize, [7u8; 32])));
     }
 }

@@ -3,13 +3,13 @@
 //! popular chunk sits in thousands of caches, a popular peer in thousands of node tables. The
 //! real client runs one core and keeps its ids inline.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use hashbrown::HashTable;
 use shoal_protocol::{ChunkId, NodeId};
 
-use super::idmap::IdBuild;
+use super::idmap::id_hash;
 
 /// The key no id gets: a full table.
 const FULL: u32 = u32::MAX;
@@ -74,17 +74,14 @@ impl<I: Copy + Eq + Hash> Names<I> {
     pub fn key_of(&self, id: &I) -> Option<u32> {
         let ids = &self.inner.ids;
         let mut keys = self.inner.keys.lock().ok()?;
-        let build = IdBuild::default();
-        let hash = build.hash_one(id);
+        let hash = id_hash(id);
         if let Some(&k) = keys.find(hash, |&k| ids.get(k as usize) == Some(id)) {
             return Some(k);
         }
         let k = u32::try_from(ids.count()).ok().filter(|&k| k != FULL)?;
         let pushed = ids.push(*id);
         debug_assert_eq!(pushed, k as usize, "one writer at a time (under the lock)");
-        keys.insert_unique(hash, k, |&j| {
-            ids.get(j as usize).map_or(0, |x| build.hash_one(x))
-        });
+        keys.insert_unique(hash, k, |&j| ids.get(j as usize).map_or(0, id_hash));
         Some(k)
     }
 

@@ -3,12 +3,10 @@
 //! keeps tens of known nodes for each of 100,000 listeners; a `HashMap` of 32-byte ids leaves a
 //! third of its buckets empty on average, and the id is most of an entry.
 
-use std::hash::BuildHasher;
-
 use hashbrown::HashTable;
 use shoal_protocol::NodeId;
 
-use super::idmap::IdBuild;
+use super::idmap::id_hash;
 use super::names::{IdStore, NodeNames, push_sparingly};
 
 /// Node states by node id. Iteration order is unspecified (callers that pick by order take the
@@ -33,10 +31,6 @@ impl<S> Default for NodeTable<S> {
 }
 
 impl<S> NodeTable<S> {
-    fn hash(id: &NodeId) -> u64 {
-        IdBuild::default().hash_one(id)
-    }
-
     fn id_at(ids: &IdStore<NodeId>, entries: &[(u32, S)], i: u32) -> Option<NodeId> {
         ids.get(i, entries.get(i as usize).map(|e| e.0))
     }
@@ -48,7 +42,7 @@ impl<S> NodeTable<S> {
     fn position(&self, id: &NodeId) -> Option<u32> {
         let (ids, entries) = (&self.ids, &self.entries);
         self.index
-            .find(Self::hash(id), |&i| Self::holds(ids, entries, i, id))
+            .find(id_hash(id), |&i| Self::holds(ids, entries, i, id))
             .copied()
     }
 
@@ -103,8 +97,8 @@ impl<S> NodeTable<S> {
                 let i = self.entries.len() as u32;
                 push_sparingly(&mut self.entries, (key, state), 4);
                 let (ids, entries) = (&self.ids, &self.entries);
-                self.index.insert_unique(Self::hash(&id), i, |&j| {
-                    Self::id_at(ids, entries, j).map_or(0, |x| Self::hash(&x))
+                self.index.insert_unique(id_hash(&id), i, |&j| {
+                    Self::id_at(ids, entries, j).map_or(0, |x| id_hash(&x))
                 });
                 i
             }
@@ -116,14 +110,14 @@ impl<S> NodeTable<S> {
         let (ids, entries) = (&self.ids, &self.entries);
         let i = self
             .index
-            .find_entry(Self::hash(id), |&i| Self::holds(ids, entries, i, id))
+            .find_entry(id_hash(id), |&i| Self::holds(ids, entries, i, id))
             .ok()
             .map(|e| e.remove().0)?;
         let last = (self.entries.len() - 1) as u32;
         if i != last {
             // The last entry moves into the hole: point its index entry there.
             if let Some(moved) = Self::id_at(&self.ids, &self.entries, last) {
-                if let Some(p) = self.index.find_mut(Self::hash(&moved), |&j| j == last) {
+                if let Some(p) = self.index.find_mut(id_hash(&moved), |&j| j == last) {
                     *p = i;
                 }
             }

@@ -9,13 +9,13 @@
 //!    one cold (holder lookup + manifest + chunk 0 from the network), one with every manifest
 //!    already on disk (holder lookup + chunk 0). Round trips measured in the same run: a UDP
 //!    echo (the loopback RTT of the target), a bare QUIC (quinn) request/response on a new
-//!    stream, a libp2p `/shoal/chunk/1` `QueryHave` answered by the seeder's core, and a holder
+//!    stream, a libp2p `/shoal/chunk/2` `QueryHave` answered by the seeder's core, and a holder
 //!    lookup answered by the tracker.
 //! 2. **Chunk serving throughput of one peer**: 16 concurrent requesters, each with one
 //!    request in flight, cycling through the 64 largest (≈ 64 KiB) chunks of an imported track,
 //!    against (a) a bare quinn server sending the same bytes from memory on one QUIC stream per
 //!    request, with libp2p-quic's transport settings, once with rustls' default cipher order
-//!    (AES-GCM) and once preferring ChaCha20-Poly1305 as libp2p-tls does, (b) the peer (`PeerNode` with its upload limits lifted) over `/shoal/chunk/1`,
+//!    (AES-GCM) and once preferring ChaCha20-Poly1305 as libp2p-tls does, (b) the peer (`PeerNode` with its upload limits lifted) over `/shoal/chunk/2`,
 //!    (c) the tracker's plaintext HTTP origin `GET /chunks/{id}` (rate limit lifted). Each
 //!    server is its own child process, pinned to CPU 0; this process (the requesters) to CPU 1;
 //!    the servers' CPU time comes from `/proc/PID/stat`.
@@ -44,6 +44,7 @@ use libp2p::{Multiaddr, PeerId, Swarm};
 use quinn::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use shoal_peer::core::SchedulerCommand;
 use shoal_peer::net::cache::DiskCache;
+use shoal_peer::net::chunk_streams::{ChunkStreamConfig, ChunkStreamEvent, ChunkStreams};
 use shoal_peer::net::node::{
     NodeConfig, NodeEvent, PeerBehaviour, PeerBehaviourEvent, PeerNode, TrackerEndpoint,
     swarm_config,
@@ -272,6 +273,7 @@ async fn serve_role(role: &str, args: &[String]) -> Result<()> {
             let dir = Path::new(args.first().context("work dir")?);
             serve_quinn(dir, Path::new(args.get(1).context("data dir")?), stop_rx).await
         }
+        "libp2p" => serve_libp2p(Path::new(args.first().context("data dir")?), stop_rx).await,
         other => bail!("unknown role {other}"),
     }
 }
@@ -291,6 +293,69 @@ async fn serve_peer(cache: &Path, stop: tokio::sync::oneshot::Receiver<()>) -> R
     std::io::stdout().flush()?;
     let _ = stop.await;
     node.shutdown().await;
+    Ok(())
+}
+
+/// Every chunk of the imported tracks, from memory.
+fn chunks_in_memory(data: &Path) -> Result<HashMap<ChunkId, Arc<Vec<u8>>>> {
+    let store = LocalStore::open(data)?;
+    let mut chunks = HashMap::new();
+    for t in store.list_tracks()? {
+        for c in store.get_manifest(&t.id)?.chunks {
+            chunks.insert(c.id, Arc::new(store.get_chunk(&c.id)?));
+        }
+    }
+    Ok(chunks)
+}
+
+/// `/shoal/chunk/2` over the same libp2p QUIC swarm and `ChunkStreams` as a peer, answered
+/// from memory by a loop instead of a peer's core and cache: what libp2p and the stream pool
+/// cost on their own.
+async fn serve_libp2p(data: &Path, stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
+    let chunks = chunks_in_memory(data)?;
+    let mut swarm = raw_swarm()?;
+    swarm.listen_on(LOOPBACK_QUIC.parse()?)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let (mut streams, mut requests) = ChunkStreams::new(
+        swarm.behaviour().chunk.new_control(),
+        ChunkStreamConfig::default(),
+    );
+    streams.serve()?;
+    println!("ready {} {addr}", swarm.local_peer_id());
+    std::io::stdout().flush()?;
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    let answer = async {
+        while let Some(ev) = requests.recv().await {
+            if let ChunkStreamEvent::Request {
+                request: ChunkRequest::GetChunk { request, chunk, .. },
+                reply,
+                ..
+            } = ev
+            {
+                let resp = match chunks.get(&chunk) {
+                    Some(bytes) => ChunkResponse::Chunk {
+                        request,
+                        bytes: bytes.to_vec(),
+                    },
+                    None => ChunkResponse::NotHave { request },
+                };
+                let _ = reply.send(resp);
+            }
+        }
+    };
+    tokio::select! {
+        () = answer => {}
+        _ = stop => {}
+    }
+    driver.abort();
     Ok(())
 }
 
@@ -359,12 +424,35 @@ async fn serve_quinn(
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let chunks = chunks.clone();
                     tokio::spawn(async move {
-                        let Ok(req) = recv.read_to_end(128).await else {
-                            return;
-                        };
-                        let bytes = chunks.get(&req).map_or(&[][..], |b| b.as_slice());
-                        if send.write_all(bytes).await.is_ok() {
-                            let _ = send.finish();
+                        let mut first = [0u8; 1];
+                        match recv.read(&mut first).await {
+                            Ok(Some(1)) if first[0] == LONG_LIVED => {
+                                // Request after request: a hex chunk id in, a length-prefixed
+                                // chunk out.
+                                let mut id = [0u8; 64];
+                                while recv.read_exact(&mut id).await.is_ok() {
+                                    let bytes =
+                                        chunks.get(&id[..]).map_or(&[][..], |b| b.as_slice());
+                                    let len = (bytes.len() as u32).to_be_bytes();
+                                    if send.write_all(&len).await.is_err()
+                                        || send.write_all(bytes).await.is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            }
+                            Ok(n) => {
+                                let mut req = first[..n.unwrap_or(0)].to_vec();
+                                let Ok(rest) = recv.read_to_end(128).await else {
+                                    return;
+                                };
+                                req.extend_from_slice(&rest);
+                                let bytes = chunks.get(&req).map_or(&[][..], |b| b.as_slice());
+                                if send.write_all(bytes).await.is_ok() {
+                                    let _ = send.finish();
+                                }
+                            }
+                            Err(_) => {}
                         }
                     });
                 }
@@ -454,7 +542,9 @@ async fn run_in(work: &Path, pin: bool, plays: usize) -> Result<()> {
             .join(" ")
     );
     let world = World::new(work, pin, 2 * (plays + 1)).await?;
-    ttfa(&world, plays).await?;
+    if plays > 0 {
+        ttfa(&world, plays).await?;
+    }
     throughput(&world).await?;
     Ok(())
 }
@@ -591,31 +681,53 @@ fn raw_swarm() -> Result<Swarm<PeerBehaviour>> {
     )
 }
 
-/// One `/shoal/chunk/1` request and its answer.
-async fn round_trip(
-    swarm: &mut Swarm<PeerBehaviour>,
-    peer: &PeerId,
-    req: ChunkRequest,
-) -> Result<ChunkResponse> {
-    let id = swarm.behaviour_mut().chunk.send_request(peer, req);
-    loop {
-        if let SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(e)) = swarm.select_next_some().await
-        {
-            match e {
-                request_response::Event::Message {
-                    message:
-                        request_response::Message::Response {
-                            request_id,
-                            response,
-                        },
-                    ..
-                } if request_id == id => return Ok(response),
-                request_response::Event::OutboundFailure {
-                    request_id, error, ..
-                } if request_id == id => bail!("request failed: {error}"),
+/// A requester of `/shoal/chunk/2`: its own swarm (driven by a task) and chunk streams.
+struct ChunkClient {
+    streams: ChunkStreams,
+    events: tokio::sync::mpsc::UnboundedReceiver<ChunkStreamEvent>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl ChunkClient {
+    fn new(peer: PeerId, addr: Multiaddr) -> Result<Self> {
+        let mut swarm = raw_swarm()?;
+        swarm.add_peer_address(peer, addr);
+        let (streams, events) = ChunkStreams::new(
+            swarm.behaviour().chunk.new_control(),
+            ChunkStreamConfig::default(),
+        );
+        let driver = tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+        Ok(Self {
+            streams,
+            events,
+            driver,
+        })
+    }
+
+    /// One request and its answer.
+    async fn round_trip(&mut self, peer: PeerId, req: ChunkRequest) -> Result<ChunkResponse> {
+        let id = self.streams.send_request(peer, req);
+        loop {
+            match self.events.recv().await.context("chunk streams gone")? {
+                ChunkStreamEvent::Response {
+                    id: got, response, ..
+                } if got == id => return Ok(response),
+                ChunkStreamEvent::Failure { id: got, error, .. } if got == id => {
+                    bail!("request failed: {error}")
+                }
                 _ => {}
             }
         }
+    }
+}
+
+impl Drop for ChunkClient {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
 }
 
@@ -685,6 +797,10 @@ async fn quinn_client(
     Ok(ep.connect(server, "localhost")?.await?)
 }
 
+/// First byte of a bare-quinn stream that carries request after request (a hex chunk id
+/// never starts so).
+const LONG_LIVED: u8 = b'L';
+
 /// One request on a new bidirectional stream; returns the answer's length.
 async fn quinn_request(conn: &quinn::Connection, req: &[u8]) -> Result<usize> {
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -706,20 +822,19 @@ async fn rtt_quinn(conn: &quinn::Connection) -> Result<Vec<f64>> {
 }
 
 async fn rtt_libp2p(peer: PeerId, addr: Multiaddr, track: TrackId) -> Result<Vec<f64>> {
-    let mut swarm = raw_swarm()?;
-    swarm.add_peer_address(peer, addr);
+    let mut client = ChunkClient::new(peer, addr)?;
     let mut out = Vec::new();
     for i in 0..RTT_SAMPLES + 100 {
         let t = Instant::now();
-        let resp = round_trip(
-            &mut swarm,
-            &peer,
-            ChunkRequest::QueryHave {
-                request: i as u64,
-                track,
-            },
-        )
-        .await?;
+        let resp = client
+            .round_trip(
+                peer,
+                ChunkRequest::QueryHave {
+                    request: i as u64,
+                    track,
+                },
+            )
+            .await?;
         ensure!(
             matches!(resp, ChunkResponse::Have { .. }),
             "QueryHave: {resp:?}"
@@ -938,7 +1053,7 @@ async fn ttfa(w: &World, plays: usize) -> Result<()> {
         q.p50, q.p99
     );
     println!(
-        "| libp2p `/shoal/chunk/1` QueryHave answered by the seeder | {:.0} µs | {:.0} µs |",
+        "| libp2p `/shoal/chunk/2` QueryHave answered by the seeder | {:.0} µs | {:.0} µs |",
         l.p50, l.p99
     );
     println!(
@@ -1099,11 +1214,14 @@ where
     })
 }
 
+/// Bare quinn requesters: one stream per request, or (`long_lived`) one stream each carrying
+/// request after request.
 async fn run_quinn(
     s: &QuinnServer,
     chunks: &Arc<Vec<Vec<u8>>>,
     conns: usize,
     chacha: bool,
+    long_lived: bool,
 ) -> Result<Run> {
     let (cert, addr) = (Arc::new(s.cert.clone()), s.addr);
     measure(s.proc.pid(), conns, |i, c| {
@@ -1111,9 +1229,30 @@ async fn run_quinn(
         tokio::spawn(async move {
             let conn = quinn_client(&cert, addr, chacha).await?;
             let mut k = i * 7;
+            let mut stream = if long_lived {
+                let (mut send, recv) = conn.open_bi().await?;
+                send.write_all(&[LONG_LIVED]).await?;
+                Some((send, recv, Vec::new()))
+            } else {
+                None
+            };
             while !c.stop.load(Ordering::Relaxed) {
                 k = (k + 1) % chunks.len();
-                match quinn_request(&conn, &chunks[k]).await {
+                let answer = match &mut stream {
+                    Some((send, recv, buf)) => {
+                        async {
+                            send.write_all(&chunks[k]).await?;
+                            let mut len = [0u8; 4];
+                            recv.read_exact(&mut len).await?;
+                            buf.resize(u32::from_be_bytes(len) as usize, 0);
+                            recv.read_exact(buf).await?;
+                            anyhow::Ok(buf.len())
+                        }
+                        .await
+                    }
+                    None => quinn_request(&conn, &chunks[k]).await,
+                };
+                match answer {
                     Ok(n) if n > 0 => {
                         c.bytes.fetch_add(n as u64, Ordering::Relaxed);
                         c.requests.fetch_add(1, Ordering::Relaxed);
@@ -1153,8 +1292,7 @@ async fn run_peer(
     measure(pid, conns, |i, c| {
         let (chunks, addr) = (chunks.clone(), addr.clone());
         tokio::spawn(async move {
-            let mut swarm = raw_swarm()?;
-            swarm.add_peer_address(peer, addr);
+            let mut client = ChunkClient::new(peer, addr)?;
             let mut k = i * 7;
             let mut request = 0u64;
             while !c.stop.load(Ordering::Relaxed) {
@@ -1166,7 +1304,7 @@ async fn run_peer(
                     track,
                     chunk,
                 };
-                match round_trip(&mut swarm, &peer, req).await {
+                match client.round_trip(peer, req).await {
                     Ok(ChunkResponse::Chunk { bytes, .. }) => {
                         c.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                         c.requests.fetch_add(1, Ordering::Relaxed);
@@ -1248,20 +1386,41 @@ async fn throughput(w: &World) -> Result<()> {
     let peer: PeerId = it.next().context("PeerId")?.parse()?;
     let addr: Multiaddr = it.next().context("address")?.parse()?;
 
-    let mut best: [Option<Run>; 4] = [None; 4];
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg(&w.data)
+        .env(ROLE_ENV, "libp2p")
+        .env("RUST_LOG", "warn");
+    let mut libp2p_proc = Proc::spawn("libp2p-server", cmd, w.pin, &w.work)?;
+    let line = libp2p_proc.wait_line("ready ")?;
+    let mut it = line.split_whitespace();
+    let lpeer: PeerId = it.next().context("PeerId")?.parse()?;
+    let laddr: Multiaddr = it.next().context("address")?.parse()?;
+
+    let mut best: [Option<Run>; 7] = [None; 7];
     let keep = |slot: &mut Option<Run>, r: Run| {
         if slot.is_none_or(|b| r.bytes as f64 / r.secs > b.bytes as f64 / b.secs) {
             *slot = Some(r);
         }
     };
     for rep in 0..reps {
-        let q = run_quinn(&quinn, &quinn_reqs, conns, false).await?;
-        let c = run_quinn(&quinn, &quinn_reqs, conns, true).await?;
+        let q = run_quinn(&quinn, &quinn_reqs, conns, false, false).await?;
+        let c = run_quinn(&quinn, &quinn_reqs, conns, true, false).await?;
+        let ql = run_quinn(&quinn, &quinn_reqs, conns, false, true).await?;
+        let cl = run_quinn(&quinn, &quinn_reqs, conns, true, true).await?;
+        let l = run_peer(libp2p_proc.pid(), lpeer, &laddr, &chunks, conns).await?;
         let p = run_peer(peer_proc.pid(), peer, &addr, &chunks, conns).await?;
         let h = run_http(w.tracker.pid(), &w.url, &chunks, conns).await?;
-        for (i, (name, r)) in [("quinn", q), ("quinn-chacha", c), ("peer", p), ("http", h)]
-            .into_iter()
-            .enumerate()
+        for (i, (name, r)) in [
+            ("quinn", q),
+            ("quinn-chacha", c),
+            ("quinn-long-lived", ql),
+            ("quinn-chacha-long-lived", cl),
+            ("libp2p-from-memory", l),
+            ("peer", p),
+            ("http", h),
+        ]
+        .into_iter()
+        .enumerate()
         {
             eprintln!(
                 "run {rep} {name}: {:.0} MB/s, {} requests, {} errors, server CPU {:.0} % \
@@ -1277,12 +1436,22 @@ async fn throughput(w: &World) -> Result<()> {
         }
     }
     drop(peer_proc);
+    drop(libp2p_proc);
     let quinn_log = quinn.proc.err.clone();
     drop(quinn);
     if std::env::var_os("PEERBENCH_VERBOSE").is_some() {
         eprint!("{}", std::fs::read_to_string(quinn_log).unwrap_or_default());
     }
-    let [Some(q), Some(c), Some(p), Some(h)] = best else {
+    let [
+        Some(q),
+        Some(c),
+        Some(ql),
+        Some(cl),
+        Some(l),
+        Some(p),
+        Some(h),
+    ] = best
+    else {
         bail!("no runs");
     };
 
@@ -1309,7 +1478,19 @@ async fn throughput(w: &World) -> Result<()> {
             c,
         ),
         (
-            "peer, `/shoal/chunk/1` over libp2p QUIC, from its disk cache",
+            "bare quinn, one long-lived stream per requester (AES-128-GCM)",
+            ql,
+        ),
+        (
+            "bare quinn, one long-lived stream per requester (ChaCha20-Poly1305)",
+            cl,
+        ),
+        (
+            "`/shoal/chunk/2` over libp2p QUIC and `ChunkStreams`, bytes from memory (no core)",
+            l,
+        ),
+        (
+            "peer, `/shoal/chunk/2` over libp2p QUIC, from its disk cache",
             p,
         ),
         ("tracker origin, plaintext HTTP/1.1 `GET /chunks/{id}`", h),
@@ -1344,6 +1525,19 @@ async fn throughput(w: &World) -> Result<()> {
         "peer ÷ quinn with ChaCha20 throughput: **{:.2}**; per server CPU-second {:.2}",
         p.mb_s() / c.mb_s(),
         per_cpu(&p) / per_cpu(&c)
+    );
+    println!(
+        "peer ÷ quinn long-lived streams: **{:.2}** (AES), **{:.2}** (ChaCha20); per server \
+         CPU-second {:.2} / {:.2}",
+        p.mb_s() / ql.mb_s(),
+        p.mb_s() / cl.mb_s(),
+        per_cpu(&p) / per_cpu(&ql),
+        per_cpu(&p) / per_cpu(&cl)
+    );
+    println!(
+        "peer ÷ libp2p chunk streams from memory: **{:.2}**; per server CPU-second {:.2}",
+        p.mb_s() / l.mb_s(),
+        per_cpu(&p) / per_cpu(&l)
     );
     println!(
         "peer ÷ HTTP origin throughput: **{:.2}**; per server CPU-second {:.2}",

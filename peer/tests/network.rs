@@ -11,10 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, noise, tcp, yamux};
-use shoal_peer::net::node::{PeerBehaviour, PeerBehaviourEvent};
+use shoal_peer::net::chunk_streams::{ChunkStreamConfig, ChunkStreamEvent, ChunkStreams};
+use shoal_peer::net::node::PeerBehaviour;
 use shoal_protocol::TrackId;
 use shoal_protocol::wire::{Announce, ChunkRequest, ChunkResponse};
 
@@ -301,21 +301,21 @@ async fn run_malicious_peer(
             region: None,
         },
     );
+    let (mut chunks, mut requests) = ChunkStreams::new(
+        swarm.behaviour().chunk.new_control(),
+        ChunkStreamConfig::default(),
+    );
+    chunks.serve().unwrap();
     loop {
         if stop.try_recv().is_ok() {
             return;
         }
-        let ev = tokio::time::timeout(Duration::from_millis(100), swarm.select_next_some()).await;
-        let Ok(SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(
-            request_response::Event::Message {
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            },
-        ))) = ev
-        else {
+        let ev = tokio::select! {
+            _ = swarm.select_next_some() => continue,
+            ev = requests.recv() => ev,
+            () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+        };
+        let Some(ChunkStreamEvent::Request { request, reply, .. }) = ev else {
             continue;
         };
         let resp = match request {
@@ -333,7 +333,7 @@ async fn run_malicious_peer(
             },
             ChunkRequest::Cancel { request } => ChunkResponse::Cancelled { request },
         };
-        let _ = swarm.behaviour_mut().chunk.send_response(channel, resp);
+        let _ = reply.send(resp);
     }
 }
 

@@ -4,7 +4,7 @@
 //! - [`opus`]: the few facts about Opus packets the protocol checks (packet duration).
 //! - [`chunk`]: the chunk byte format, its parser, [`verify`] and the streaming [`Chunker`].
 //! - [`manifest`]: [`Manifest`], its canonical encoding and the [`TrackId`] derived from it.
-//! - [`wire`]: request/response messages of `/shoal/chunk/1`, `/shoal/announce/1`,
+//! - [`wire`]: request/response messages of `/shoal/chunk/2`, `/shoal/announce/1`,
 //!   `/shoal/lookup/1` and their length-prefixed, size-limited codec.
 //! - [`sansio`]: the `handle_input` / `poll_output` contract every core implements.
 //!

@@ -1,8 +1,9 @@
 //! Wire messages and their codec.
 //!
-//! Three request/response protocols, each with a versioned id:
-//! - [`CHUNK_PROTOCOL`] `/shoal/chunk/1`: [`ChunkRequest`] → [`ChunkResponse`] (get manifest,
-//!   get chunk, which chunks do you have, cancel);
+//! Request/response protocols, each with a versioned id:
+//! - [`CHUNK_PROTOCOL`] `/shoal/chunk/2`: [`ChunkRequest`] → [`ChunkResponse`] (get manifest,
+//!   get chunk, which chunks do you have, cancel), request after request on a long-lived
+//!   stream, one at a time (version 1 carried one request per stream);
 //! - [`ANNOUNCE_PROTOCOL`] `/shoal/announce/1`: [`Announce`] → [`AnnounceResponse`] (a peer
 //!   holds these tracks and is reachable so);
 //! - [`LOOKUP_PROTOCOL`] `/shoal/lookup/1`: [`LookupRequest`] → [`LookupResponse`] (catalog
@@ -22,8 +23,9 @@ use crate::chunk::MAX_CHUNK_BYTES;
 use crate::ids::{ChunkId, TrackId};
 use crate::manifest::MAX_MANIFEST_BYTES;
 
-/// Protocol id of chunk transfer.
-pub const CHUNK_PROTOCOL: &str = "/shoal/chunk/1";
+/// Protocol id of chunk transfer: frames as in every protocol here, but a stream carries one
+/// request and its answer, then the next request, until either side closes it.
+pub const CHUNK_PROTOCOL: &str = "/shoal/chunk/2";
 /// Protocol id of holdings announcements.
 pub const ANNOUNCE_PROTOCOL: &str = "/shoal/announce/1";
 /// Protocol id of catalog and holder lookups.
@@ -220,7 +222,7 @@ macro_rules! wire_message {
     };
 }
 
-/// Requests of `/shoal/chunk/1`. `request` numbers are chosen by the requester, unique among
+/// Requests of `/shoal/chunk/2`. `request` numbers are chosen by the requester, unique among
 /// its outstanding requests to one node, and echoed in the response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkRequest {
@@ -254,7 +256,7 @@ pub enum ChunkRequest {
     },
 }
 
-/// Responses of `/shoal/chunk/1`.
+/// Responses of `/shoal/chunk/2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkResponse {
     /// The canonical manifest bytes; the requester checks they hash to the track id.

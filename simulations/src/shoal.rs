@@ -52,7 +52,7 @@ use crate::stats::{PlaybackStats, Source};
 /// every message (mostly chunk traffic) moves through the event slab at 88 bytes, not 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SimMsg {
-    /// `/shoal/chunk/1`.
+    /// `/shoal/chunk/2`.
     Chunk(ChunkMsg),
     /// `/shoal/announce/1` request, peer to tracker (the tracker's driver attests the sender's
     /// contact from the connection).

@@ -50,7 +50,7 @@ pub use scheduler::{
 pub use server::{ChunkServer, Item, ServerCommand, ServerEvent, ServerStats, TokenBucket};
 pub use stats::{BytesBySource, PlayStats, SourceKind};
 
-/// A `/shoal/chunk/1` message in either direction: the cores' `Message` type. The scheduler
+/// A `/shoal/chunk/2` message in either direction: the cores' `Message` type. The scheduler
 /// sends requests and takes responses; the server the other way round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChunkMsg {

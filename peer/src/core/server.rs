@@ -1,4 +1,4 @@
-//! The serving side: answers other nodes' `/shoal/chunk/1` requests from what the local cache
+//! The serving side: answers other nodes' `/shoal/chunk/2` requests from what the local cache
 //! holds, within an upload token bucket and a cap on concurrent uploads, and throttles itself
 //! while our own playback is short of data. It decides serve / busy / not-have; the driver only
 //! reads the bytes it is told to ([`ServerEvent::Load`]) and hands them back

@@ -1,5 +1,5 @@
 //! The peer's network driver: one libp2p swarm (QUIC, TCP+Noise+Yamux fallback) carrying
-//! `/shoal/chunk/1` both ways, announce and lookup to the tracker, identify and ping; the origin
+//! `/shoal/chunk/2` both ways (on pooled streams, [`super::chunk_streams`]), announce and lookup to the tracker, identify and ping; the origin
 //! over HTTP; the disk cache. It feeds a [`PeerCore`] and an [`Announcer`] and carries out
 //! what they say. It decides nothing: which source, when to hedge, what to evict, whom to
 //! serve and when to announce all come from the cores.
@@ -10,33 +10,31 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
-use libp2p::request_response::{
-    self, InboundRequestId, OutboundFailure, OutboundRequestId, ProtocolSupport, ResponseChannel,
-};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent, behaviour::toggle::Toggle};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, multiaddr::Protocol, noise, ping,
-    relay, tcp, yamux,
+    Multiaddr, PeerId, Swarm, autonat, dcutr, multiaddr::Protocol, noise, ping, relay, tcp, yamux,
 };
 use shoal_protocol::wire::{
-    Announce, AnnounceResponse, CHUNK_PROTOCOL, ChunkRequest, ChunkResponse, LookupRequest,
-    LookupResponse, PeerContact,
+    Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LookupRequest, LookupResponse,
+    PeerContact,
 };
 use shoal_protocol::{ChunkId, Core, Input, Manifest, NodeId, Output, Time, TrackId};
-use shoal_tracker::net::p2p::{Behaviour as TrackerBehaviour, BehaviourEvent, FrameCodec};
+use shoal_tracker::net::p2p::{Behaviour as TrackerBehaviour, BehaviourEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::DiskCache;
+use super::chunk_streams::{
+    ChunkReply, ChunkStreamConfig, ChunkStreamError, ChunkStreamEvent, ChunkStreams, InboundId,
+    OutboundId,
+};
 use super::origin::{OriginClient, OriginError};
 use crate::core::{
     AnnounceConfig, Announcer, AttachConfig, Attacher, BytesBySource, ChunkMsg, PeerCommand,
     PeerConfig, PeerCore, PeerEvent, PeerInfo, PlayStats, SchedulerCommand, SchedulerEvent,
     ServerCommand, ServerEvent,
 };
-
-/// The codec of `/shoal/chunk/1`.
-pub type ChunkCodec = FrameCodec<ChunkRequest, ChunkResponse>;
 
 /// Default libp2p port of a peer (0: any free port; a desktop peer has no fixed port).
 pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0.0/tcp/0"];
@@ -46,8 +44,9 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0
 /// AutoNAT (are we reachable?).
 #[derive(NetworkBehaviour)]
 pub struct PeerBehaviour {
-    /// `/shoal/chunk/1`, both ways.
-    pub chunk: request_response::Behaviour<ChunkCodec>,
+    /// Streams of `/shoal/chunk/2`, both ways (driven by [`ChunkStreams`] through its
+    /// `Control`).
+    pub chunk: libp2p_stream::Behaviour,
     /// Announce and lookup (outbound), identify and ping.
     pub tracker: TrackerBehaviour,
     /// Circuit relay v2 client (only with super-peers configured).
@@ -80,16 +79,10 @@ impl PeerBehaviour {
         relay: Option<relay::client::Behaviour>,
         request_timeout: Duration,
     ) -> Self {
-        let rr = request_response::Config::default()
-            .with_request_timeout(request_timeout)
-            .with_max_concurrent_streams(256);
         let me = key.public().to_peer_id();
         let leaf = relay.is_some();
         Self {
-            chunk: request_response::Behaviour::new(
-                [(StreamProtocol::new(CHUNK_PROTOCOL), ProtocolSupport::Full)],
-                rr,
-            ),
+            chunk: libp2p_stream::Behaviour::new(),
             tracker: TrackerBehaviour::new(key, ProtocolSupport::Outbound, request_timeout),
             relay: relay.into(),
             dcutr: leaf.then(|| dcutr::Behaviour::new(me)).into(),
@@ -341,8 +334,8 @@ impl std::fmt::Debug for Control {
 /// The swarm settings of every Shoal peer: connections idle for a minute close, and
 /// substreams we open negotiate their protocol in zero round trips (multistream-select
 /// `V1Lazy`: the request goes out with the protocol name instead of after the other side's
-/// confirmation). Every request of `/shoal/chunk/1` opens a stream, so this takes a round
-/// trip off each chunk. The wire format is plain `V1`, so any libp2p node can answer it.
+/// confirmation). A lookup, an announce and a new `/shoal/chunk/2` stream each save a round
+/// trip so. The wire format is plain `V1`, so any libp2p node can answer it.
 pub fn swarm_config(c: libp2p::swarm::Config) -> libp2p::swarm::Config {
     c.with_idle_connection_timeout(Duration::from_secs(60))
         .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
@@ -452,8 +445,20 @@ impl PeerNode {
         let (control_tx, control_rx) = mpsc::channel(64);
         let (status_tx, status_rx) = watch::channel(NodeStatus::default());
         let (origin_tx, origin_rx) = mpsc::unbounded_channel();
+        let (mut chunks, chunk_rx) = ChunkStreams::new(
+            swarm.behaviour().chunk.new_control(),
+            ChunkStreamConfig {
+                request_timeout: timeout,
+                ..ChunkStreamConfig::default()
+            },
+        );
+        // Registered once, on a fresh behaviour: cannot be taken already.
+        chunks
+            .serve()
+            .map_err(|e| NodeError::Transport(e.to_string()))?;
         let mut driver = Driver {
             swarm,
+            chunks,
             core: PeerCore::new(peer_config),
             announcer: Announcer::new(config.announce.clone()),
             cluster_announcer: Announcer::new(config.announce.clone()),
@@ -486,6 +491,7 @@ impl PeerNode {
             superpeers,
             attach_listener: None,
             relayed_conns: HashMap::new(),
+            open_conns: HashMap::new(),
             relayed_bytes: 0,
             direct_bytes: 0,
             upgrades: 0,
@@ -495,7 +501,7 @@ impl PeerNode {
         };
         driver.command(SchedulerCommand::SetOrigin(origin_node));
         driver.load_cache(&held);
-        let task = tokio::spawn(driver.run(control_rx, origin_rx));
+        let task = tokio::spawn(driver.run(control_rx, origin_rx, chunk_rx));
         Ok((
             Self {
                 peer_id,
@@ -565,11 +571,13 @@ struct Driver {
     epoch: Instant,
     core_wake: Time,
     nodes: HashMap<NodeId, PeerId>,
-    /// Open inbound requests: (requester, request number, is a Cancel) → reply channel.
-    inbound: HashMap<InboundKey, ResponseChannel<ChunkResponse>>,
-    inbound_ids: HashMap<InboundRequestId, (NodeId, u64)>,
+    /// Chunk requests both ways.
+    chunks: ChunkStreams,
+    /// Open inbound requests: (requester, request number, is a Cancel) → reply slot.
+    inbound: HashMap<InboundKey, ChunkReply>,
+    inbound_ids: HashMap<InboundId, (NodeId, u64)>,
     /// Our requests in flight: to whom, and their request number (none for a `Cancel`).
-    outbound: HashMap<OutboundRequestId, (NodeId, Option<u64>)>,
+    outbound: HashMap<OutboundId, (NodeId, Option<u64>)>,
     origin_tasks: HashMap<u64, tokio::task::AbortHandle>,
     origin_tx: mpsc::UnboundedSender<(NodeId, ChunkResponse)>,
     /// Holder lookups in flight: the track, and whether a super-peer was asked (if it fails,
@@ -588,6 +596,8 @@ struct Driver {
     /// The relay listener of our current reservation.
     attach_listener: Option<(NodeId, ListenerId)>,
     relayed_conns: HashMap<libp2p::swarm::ConnectionId, PeerId>,
+    /// Open connections per peer (relayed ones included).
+    open_conns: HashMap<PeerId, u32>,
     relayed_bytes: u64,
     direct_bytes: u64,
     upgrades: u64,
@@ -683,6 +693,7 @@ impl Driver {
         mut self,
         mut control: mpsc::Receiver<Control>,
         mut origin_rx: mpsc::UnboundedReceiver<(NodeId, ChunkResponse)>,
+        mut chunk_rx: mpsc::UnboundedReceiver<ChunkStreamEvent>,
     ) {
         let mut status_tick = tokio::time::interval(Duration::from_millis(100));
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -708,6 +719,7 @@ impl Driver {
             };
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                Some(ev) = chunk_rx.recv() => self.on_chunk(ev),
                 Some((from, resp)) = origin_rx.recv() => {
                     self.origin_tasks.remove(&response_request(&resp));
                     self.input(Input::Message { from, msg: ChunkMsg::Response(resp) });
@@ -930,7 +942,7 @@ impl Driver {
                             | ChunkRequest::QueryHave { request, .. } => Some(*request),
                             ChunkRequest::Cancel { .. } => None,
                         };
-                        let id = self.swarm.behaviour_mut().chunk.send_request(peer, req);
+                        let id = self.chunks.send_request(*peer, req);
                         self.outbound.insert(id, (to, number));
                     }
                     // Unknown node (forgotten): it is as good as disconnected.
@@ -949,16 +961,11 @@ impl Driver {
                     ChunkResponse::Chunk { .. } | ChunkResponse::Manifest { .. }
                 );
                 let delivered = match self.inbound.remove(&(to, request, cancel)) {
-                    Some(channel) => self
-                        .swarm
-                        .behaviour_mut()
-                        .chunk
-                        .send_response(channel, resp)
-                        .is_ok(),
+                    Some(reply) => reply.send(resp).is_ok(),
                     None => false,
                 };
                 // A response that never goes out frees its upload slot now (a sent one frees
-                // it on `ResponseSent`).
+                // it on `Answered`).
                 if served && !delivered {
                     self.sent(to, request);
                 }
@@ -1240,7 +1247,7 @@ impl Driver {
     fn on_swarm(&mut self, ev: SwarmEvent<PeerBehaviourEvent>) {
         let now = self.now();
         match ev {
-            SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(e)) => self.on_chunk(e),
+            SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(())) => {}
             SwarmEvent::Behaviour(PeerBehaviourEvent::Tracker(e)) => self.on_tracker(e),
             SwarmEvent::Behaviour(PeerBehaviourEvent::Relay(
                 relay::client::Event::ReservationReqAccepted {
@@ -1274,6 +1281,8 @@ impl Driver {
                     for c in relayed {
                         self.swarm.close_connection(c);
                     }
+                    // Idle chunk streams may ride the relay: new ones take the direct path.
+                    self.chunks.forget(&remote_peer_id);
                 }
                 Err(e) => tracing::info!(peer = %remote_peer_id, "no direct connection: {e}"),
             },
@@ -1303,6 +1312,7 @@ impl Driver {
                 {
                     self.relayed_conns.insert(connection_id, peer_id);
                 }
+                self.open_conns.insert(peer_id, num_established.get());
                 if Some(peer_id) != self.tracker && num_established.get() == 1 {
                     let node = node_of(&peer_id);
                     self.nodes.insert(node, peer_id);
@@ -1317,8 +1327,11 @@ impl Driver {
             } => {
                 self.relayed_conns.remove(&connection_id);
                 if num_established > 0 {
+                    self.open_conns.insert(peer_id, num_established);
                     return;
                 }
+                self.open_conns.remove(&peer_id);
+                self.chunks.forget(&peer_id);
                 let node = node_of(&peer_id);
                 if Some(peer_id) == self.tracker {
                     self.announcer.reset(now);
@@ -1352,68 +1365,52 @@ impl Driver {
         }
     }
 
-    fn on_chunk(&mut self, e: request_response::Event<ChunkRequest, ChunkResponse>) {
+    fn on_chunk(&mut self, e: ChunkStreamEvent) {
         match e {
-            request_response::Event::Message {
+            ChunkStreamEvent::Request {
                 peer,
-                connection_id,
-                message,
-            } => match message {
-                request_response::Message::Request {
-                    request_id,
-                    request,
-                    channel,
-                } => {
-                    let node = node_of(&peer);
-                    self.nodes.insert(node, peer);
-                    let key = request_key(node, &request);
-                    self.inbound.insert(key, channel);
-                    if !key.2 {
-                        self.inbound_ids.insert(request_id, (node, key.1));
-                    }
-                    self.input(Input::Message {
-                        from: node,
-                        msg: ChunkMsg::Request(request),
-                    });
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let ChunkResponse::Chunk { bytes, .. }
-                    | ChunkResponse::Manifest { bytes, .. } = &response
-                    {
-                        if self.relayed_conns.contains_key(&connection_id) {
-                            self.relayed_bytes += bytes.len() as u64;
-                        } else {
-                            self.direct_bytes += bytes.len() as u64;
-                        }
-                    }
-                    let node = self
-                        .outbound
-                        .remove(&request_id)
-                        .map_or_else(|| node_of(&peer), |(n, _)| n);
-                    self.input(Input::Message {
-                        from: node,
-                        msg: ChunkMsg::Response(response),
-                    });
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
+                id,
+                request,
+                reply,
             } => {
-                let sent = self.outbound.remove(&request_id);
-                let lost = matches!(
-                    error,
-                    OutboundFailure::DialFailure | OutboundFailure::ConnectionClosed
-                );
-                if lost && !self.swarm.is_connected(&peer) {
+                let node = node_of(&peer);
+                self.nodes.insert(node, peer);
+                let key = request_key(node, &request);
+                self.inbound.insert(key, reply);
+                if !key.2 {
+                    self.inbound_ids.insert(id, (node, key.1));
+                }
+                self.input(Input::Message {
+                    from: node,
+                    msg: ChunkMsg::Request(request),
+                });
+            }
+            ChunkStreamEvent::Response { peer, id, response } => {
+                if let ChunkResponse::Chunk { bytes, .. } | ChunkResponse::Manifest { bytes, .. } =
+                    &response
+                {
+                    if self.only_relayed(&peer) {
+                        self.relayed_bytes += bytes.len() as u64;
+                    } else {
+                        self.direct_bytes += bytes.len() as u64;
+                    }
+                }
+                let node = self
+                    .outbound
+                    .remove(&id)
+                    .map_or_else(|| node_of(&peer), |(n, _)| n);
+                self.input(Input::Message {
+                    from: node,
+                    msg: ChunkMsg::Response(response),
+                });
+            }
+            ChunkStreamEvent::Failure { peer, id, error } => {
+                let sent = self.outbound.remove(&id);
+                tracing::debug!(%peer, "chunk request failed: {error}");
+                if !self.swarm.is_connected(&peer) {
                     self.input(Input::Disconnected(node_of(&peer)));
                 } else if let Some((node, Some(request))) = sent
-                    && !matches!(error, OutboundFailure::Timeout)
+                    && !matches!(error, ChunkStreamError::Timeout(_))
                 {
                     // One connection of several closed (a relayed one after a direct upgrade),
                     // or the stream failed: the peer did not serve this request. Say so the
@@ -1427,14 +1424,21 @@ impl Driver {
                     });
                 }
             }
-            request_response::Event::InboundFailure { request_id, .. }
-            | request_response::Event::ResponseSent { request_id, .. } => {
-                if let Some((node, request)) = self.inbound_ids.remove(&request_id) {
+            ChunkStreamEvent::Answered { id, .. } => {
+                if let Some((node, request)) = self.inbound_ids.remove(&id) {
                     self.inbound.remove(&(node, request, false));
                     self.sent(node, request);
                 }
             }
         }
+    }
+
+    /// Whether every open connection to `peer` goes through a relay. A chunk stream does not
+    /// say which connection carries it; the relayed one is closed once a direct one is up, so
+    /// "all relayed" is the relayed case but for that moment.
+    fn only_relayed(&self, peer: &PeerId) -> bool {
+        let relayed = self.relayed_conns.values().filter(|p| *p == peer).count();
+        relayed > 0 && relayed >= self.open_conns.get(peer).map_or(0, |n| *n as usize)
     }
 
     fn on_tracker(&mut self, e: BehaviourEvent) {

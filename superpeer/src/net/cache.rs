@@ -8,7 +8,7 @@
 //! as peers and the origin deliver — explicit fetching, never snooping on relayed traffic,
 //! which is encrypted end to end. Once every chunk of the manifest arrived the track is in the
 //! ledger, and lookups answered by the super-peer list the cache peer first. The cache peer
-//! serves `/shoal/chunk/1` like any peer and announces what it holds to the tracker itself.
+//! serves `/shoal/chunk/2` like any peer and announces what it holds to the tracker itself.
 //!
 //! Thin: the admission core decides what to fetch and what the cache still holds; this task
 //! turns its queue into play commands and the peer's events into `fetched`/`failed`.

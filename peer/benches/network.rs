@@ -13,10 +13,13 @@
 //!    lookup answered by the tracker.
 //! 2. **Chunk serving throughput of one peer**: 16 concurrent requesters, each with one
 //!    request in flight, cycling through the 64 largest (≈ 64 KiB) chunks of an imported track,
-//!    against (a) a bare quinn server sending the same bytes from memory on one QUIC stream per
-//!    request, with libp2p-quic's transport settings, once with rustls' default cipher order
-//!    (AES-GCM) and once preferring ChaCha20-Poly1305 as libp2p-tls does, (b) the peer (`PeerNode` with its upload limits lifted) over `/shoal/chunk/2`,
-//!    (c) the tracker's plaintext HTTP origin `GET /chunks/{id}` (rate limit lifted). Each
+//!    against (a) a bare quinn server sending the same bytes from memory, with libp2p-quic's
+//!    transport settings, on one QUIC stream per request and on one long-lived stream per
+//!    requester (request after request, as `/shoal/chunk/2` does), each once with rustls'
+//!    default cipher order (AES-GCM) and once preferring ChaCha20-Poly1305 as libp2p-tls does,
+//!    (b) the peer (`PeerNode` with its upload limits lifted) over `/shoal/chunk/2`, (c) the
+//!    tracker's plaintext HTTP origin `GET /chunks/{id}` (rate limit lifted). `PEERBENCH_PLAYS=0`
+//!    runs this part alone. Each
 //!    server is its own child process, pinned to CPU 0; this process (the requesters) to CPU 1;
 //!    the servers' CPU time comes from `/proc/PID/stat`.
 //!
@@ -273,7 +276,6 @@ async fn serve_role(role: &str, args: &[String]) -> Result<()> {
             let dir = Path::new(args.first().context("work dir")?);
             serve_quinn(dir, Path::new(args.get(1).context("data dir")?), stop_rx).await
         }
-        "libp2p" => serve_libp2p(Path::new(args.first().context("data dir")?), stop_rx).await,
         other => bail!("unknown role {other}"),
     }
 }
@@ -293,69 +295,6 @@ async fn serve_peer(cache: &Path, stop: tokio::sync::oneshot::Receiver<()>) -> R
     std::io::stdout().flush()?;
     let _ = stop.await;
     node.shutdown().await;
-    Ok(())
-}
-
-/// Every chunk of the imported tracks, from memory.
-fn chunks_in_memory(data: &Path) -> Result<HashMap<ChunkId, Arc<Vec<u8>>>> {
-    let store = LocalStore::open(data)?;
-    let mut chunks = HashMap::new();
-    for t in store.list_tracks()? {
-        for c in store.get_manifest(&t.id)?.chunks {
-            chunks.insert(c.id, Arc::new(store.get_chunk(&c.id)?));
-        }
-    }
-    Ok(chunks)
-}
-
-/// `/shoal/chunk/2` over the same libp2p QUIC swarm and `ChunkStreams` as a peer, answered
-/// from memory by a loop instead of a peer's core and cache: what libp2p and the stream pool
-/// cost on their own.
-async fn serve_libp2p(data: &Path, stop: tokio::sync::oneshot::Receiver<()>) -> Result<()> {
-    let chunks = chunks_in_memory(data)?;
-    let mut swarm = raw_swarm()?;
-    swarm.listen_on(LOOPBACK_QUIC.parse()?)?;
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
-    let (mut streams, mut requests) = ChunkStreams::new(
-        swarm.behaviour().chunk.new_control(),
-        ChunkStreamConfig::default(),
-    );
-    streams.serve()?;
-    println!("ready {} {addr}", swarm.local_peer_id());
-    std::io::stdout().flush()?;
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
-    let answer = async {
-        while let Some(ev) = requests.recv().await {
-            if let ChunkStreamEvent::Request {
-                request: ChunkRequest::GetChunk { request, chunk, .. },
-                reply,
-                ..
-            } = ev
-            {
-                let resp = match chunks.get(&chunk) {
-                    Some(bytes) => ChunkResponse::Chunk {
-                        request,
-                        bytes: bytes.to_vec(),
-                    },
-                    None => ChunkResponse::NotHave { request },
-                };
-                let _ = reply.send(resp);
-            }
-        }
-    };
-    tokio::select! {
-        () = answer => {}
-        _ = stop => {}
-    }
-    driver.abort();
     Ok(())
 }
 
@@ -1386,17 +1325,7 @@ async fn throughput(w: &World) -> Result<()> {
     let peer: PeerId = it.next().context("PeerId")?.parse()?;
     let addr: Multiaddr = it.next().context("address")?.parse()?;
 
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.arg(&w.data)
-        .env(ROLE_ENV, "libp2p")
-        .env("RUST_LOG", "warn");
-    let mut libp2p_proc = Proc::spawn("libp2p-server", cmd, w.pin, &w.work)?;
-    let line = libp2p_proc.wait_line("ready ")?;
-    let mut it = line.split_whitespace();
-    let lpeer: PeerId = it.next().context("PeerId")?.parse()?;
-    let laddr: Multiaddr = it.next().context("address")?.parse()?;
-
-    let mut best: [Option<Run>; 7] = [None; 7];
+    let mut best: [Option<Run>; 6] = [None; 6];
     let keep = |slot: &mut Option<Run>, r: Run| {
         if slot.is_none_or(|b| r.bytes as f64 / r.secs > b.bytes as f64 / b.secs) {
             *slot = Some(r);
@@ -1407,7 +1336,6 @@ async fn throughput(w: &World) -> Result<()> {
         let c = run_quinn(&quinn, &quinn_reqs, conns, true, false).await?;
         let ql = run_quinn(&quinn, &quinn_reqs, conns, false, true).await?;
         let cl = run_quinn(&quinn, &quinn_reqs, conns, true, true).await?;
-        let l = run_peer(libp2p_proc.pid(), lpeer, &laddr, &chunks, conns).await?;
         let p = run_peer(peer_proc.pid(), peer, &addr, &chunks, conns).await?;
         let h = run_http(w.tracker.pid(), &w.url, &chunks, conns).await?;
         for (i, (name, r)) in [
@@ -1415,7 +1343,6 @@ async fn throughput(w: &World) -> Result<()> {
             ("quinn-chacha", c),
             ("quinn-long-lived", ql),
             ("quinn-chacha-long-lived", cl),
-            ("libp2p-from-memory", l),
             ("peer", p),
             ("http", h),
         ]
@@ -1436,22 +1363,12 @@ async fn throughput(w: &World) -> Result<()> {
         }
     }
     drop(peer_proc);
-    drop(libp2p_proc);
     let quinn_log = quinn.proc.err.clone();
     drop(quinn);
     if std::env::var_os("PEERBENCH_VERBOSE").is_some() {
         eprint!("{}", std::fs::read_to_string(quinn_log).unwrap_or_default());
     }
-    let [
-        Some(q),
-        Some(c),
-        Some(ql),
-        Some(cl),
-        Some(l),
-        Some(p),
-        Some(h),
-    ] = best
-    else {
+    let [Some(q), Some(c), Some(ql), Some(cl), Some(p), Some(h)] = best else {
         bail!("no runs");
     };
 
@@ -1484,10 +1401,6 @@ async fn throughput(w: &World) -> Result<()> {
         (
             "bare quinn, one long-lived stream per requester (ChaCha20-Poly1305)",
             cl,
-        ),
-        (
-            "`/shoal/chunk/2` over libp2p QUIC and `ChunkStreams`, bytes from memory (no core)",
-            l,
         ),
         (
             "peer, `/shoal/chunk/2` over libp2p QUIC, from its disk cache",
@@ -1533,11 +1446,6 @@ async fn throughput(w: &World) -> Result<()> {
         p.mb_s() / cl.mb_s(),
         per_cpu(&p) / per_cpu(&ql),
         per_cpu(&p) / per_cpu(&cl)
-    );
-    println!(
-        "peer ÷ libp2p chunk streams from memory: **{:.2}**; per server CPU-second {:.2}",
-        p.mb_s() / l.mb_s(),
-        per_cpu(&p) / per_cpu(&l)
     );
     println!(
         "peer ÷ HTTP origin throughput: **{:.2}**; per server CPU-second {:.2}",

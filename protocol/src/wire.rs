@@ -256,6 +256,18 @@ pub enum ChunkRequest {
     },
 }
 
+impl ChunkRequest {
+    /// The request number (for a `Cancel`, the number of the request it cancels).
+    pub fn request(&self) -> u64 {
+        match self {
+            ChunkRequest::GetManifest { request, .. }
+            | ChunkRequest::GetChunk { request, .. }
+            | ChunkRequest::QueryHave { request, .. }
+            | ChunkRequest::Cancel { request } => *request,
+        }
+    }
+}
+
 /// Responses of `/shoal/chunk/2`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChunkResponse {

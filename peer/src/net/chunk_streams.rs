@@ -11,15 +11,18 @@
 //!
 //! Decisions stay in the cores: this module only moves frames and reports what happened
 //! ([`ChunkStreamEvent`]), like the origin's HTTP tasks. Whoever answers an inbound request
-//! drops its [`ChunkReply`] to refuse it (a cancelled request): the stream is then closed, as
-//! a request-response stream would be, and the requester gets a failure. A failed request is
-//! never sent again here (it may have been refused on purpose); the scheduler decides, as for
-//! any failure. Requesters stop reusing an idle stream well before its server closes it
-//! (`idle_timeout` < `serve_idle_timeout`), so a pooled stream does not fail for idling.
+//! drops its [`ChunkReply`] to refuse it (a cancelled request); the requester then gets
+//! `Busy { retry_after_ms: 0 }` (`Cancelled` for a `Cancel`), which its scheduler ignores for a
+//! request it no longer wants and acts on at once otherwise, and the stream stays usable.
+//! Requesters stop reusing an idle stream well before its server closes it (`idle_timeout` <
+//! `serve_idle_timeout`).
 //!
-//! libp2p-stream hands over one new inbound stream at a time and drops one that arrives
-//! before the previous was taken; its requester sees that stream fail. Only opening streams
-//! can hit this, and pooled streams make that rare.
+//! So a stream that fails did so in transport, and the request is sent again on a new stream
+//! (up to [`FRESH_ATTEMPTS`] times, after a short random wait): chunk requests are reads, so
+//! asking twice is harmless. The common case is libp2p-stream's: it hands over one new inbound
+//! stream at a time and drops one that arrives before the previous was taken, so of several
+//! streams opened at once to one server, some fail at first (12 at once needed up to 5
+//! attempts in a test). A malformed answer is not retried.
 
 use std::collections::HashMap;
 use std::io;
@@ -88,7 +91,8 @@ pub enum ChunkStreamError {
 /// What happened on the chunk streams.
 #[derive(Debug)]
 pub enum ChunkStreamEvent {
-    /// A peer asks: answer through `reply`, or drop it to refuse.
+    /// A peer asks: answer through `reply`, or drop it to refuse (the requester is told
+    /// `Busy`, retry at once).
     Request {
         /// Who asks.
         peer: PeerId,
@@ -99,8 +103,8 @@ pub enum ChunkStreamEvent {
         /// Where the answer goes.
         reply: ChunkReply,
     },
-    /// An inbound request is over: its answer was written (`sent`), or it was refused or the
-    /// stream failed.
+    /// An inbound request is over: its answer was written (`sent`), or it was refused
+    /// (answered `Busy`) or the stream failed.
     Answered {
         /// Who asked.
         peer: PeerId,
@@ -141,6 +145,11 @@ impl ChunkReply {
 }
 
 type Pool = HashMap<PeerId, Vec<(Stream, Instant)>>;
+
+/// New streams one request may try, after a pooled one failed or when none was idle. Before
+/// each retry it waits a random 0–2^k ms (k = retries so far), so streams dropped together are
+/// not opened together again.
+pub const FRESH_ATTEMPTS: u32 = 6;
 
 /// Chunk requests both ways over pooled `/shoal/chunk/2` streams. Dropping it stops
 /// accepting inbound streams; requests in flight end with their streams.
@@ -297,23 +306,52 @@ async fn exchange(
         }
         found
     };
+    let mut failure = None;
     if let Some(mut stream) = pooled {
-        let response = round_trip(&mut stream, request).await?;
-        give_back(pool, config, peer, stream);
-        return Ok(response);
-    }
-    let mut stream = control
-        .open_stream(peer, ChunkStreams::protocol())
-        .await
-        .map_err(|e| match e {
-            OpenStreamError::UnsupportedProtocol(p) => {
-                ChunkStreamError::Open(format!("the peer does not speak {p}"))
+        match round_trip(&mut stream, request).await {
+            Ok(response) => {
+                give_back(pool, config, peer, stream);
+                return Ok(response);
             }
-            e => ChunkStreamError::Open(e.to_string()),
-        })?;
-    let response = round_trip(&mut stream, request).await?;
-    give_back(pool, config, peer, stream);
-    Ok(response)
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e.into()),
+            Err(e) => failure = Some(e),
+        }
+    }
+    for attempt in 0..FRESH_ATTEMPTS {
+        if failure.is_some() {
+            tokio::time::sleep(jitter(1 << attempt.min(10))).await;
+        }
+        let mut stream = control
+            .open_stream(peer, ChunkStreams::protocol())
+            .await
+            .map_err(|e| match e {
+                OpenStreamError::UnsupportedProtocol(p) => {
+                    ChunkStreamError::Open(format!("the peer does not speak {p}"))
+                }
+                e => ChunkStreamError::Open(e.to_string()),
+            })?;
+        match round_trip(&mut stream, request).await {
+            Ok(response) => {
+                give_back(pool, config, peer, stream);
+                return Ok(response);
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(%peer, "chunk stream failed ({e}); trying a new one");
+                failure = Some(e);
+            }
+        }
+    }
+    Err(failure
+        .unwrap_or_else(|| io::Error::other("no stream tried"))
+        .into())
+}
+
+/// A random wait below `max_ms` milliseconds.
+fn jitter(max_ms: u64) -> Duration {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    Duration::from_micros(r % (max_ms * 1000).max(1))
 }
 
 async fn round_trip(stream: &mut Stream, request: &ChunkRequest) -> io::Result<ChunkResponse> {
@@ -352,6 +390,13 @@ async fn serve_stream(
                 Err(_) => return,
             };
         let id = InboundId(ids.fetch_add(1, Ordering::Relaxed));
+        let refused = match request {
+            ChunkRequest::Cancel { request } => ChunkResponse::Cancelled { request },
+            ref other => ChunkResponse::Busy {
+                request: other.request(),
+                retry_after_ms: 0,
+            },
+        };
         let (tx, rx) = oneshot::channel();
         let asked = ChunkStreamEvent::Request {
             peer,
@@ -362,15 +407,15 @@ async fn serve_stream(
         if events.send(asked).is_err() {
             return;
         }
-        let sent = match rx.await {
-            Ok(response) => {
-                write_frame(&mut stream, &response).await.is_ok() && stream.flush().await.is_ok()
-            }
-            Err(_) => false,
+        let (response, owned) = match rx.await {
+            Ok(response) => (response, true),
+            Err(_) => (refused, false),
         };
+        let written =
+            write_frame(&mut stream, &response).await.is_ok() && stream.flush().await.is_ok();
+        let sent = written && owned;
         let _ = events.send(ChunkStreamEvent::Answered { peer, id, sent });
-        if !sent {
-            // Refused or failed: the stream goes (reset), as a request-response stream would.
+        if !written {
             return;
         }
     }
@@ -494,6 +539,24 @@ mod tests {
         }
     }
 
+    /// The answers to `ids`, which arrive in any order; panics on a failure.
+    async fn answers(
+        events: &mut mpsc::UnboundedReceiver<ChunkStreamEvent>,
+        ids: &[OutboundId],
+    ) -> HashMap<OutboundId, ChunkResponse> {
+        let mut answers = HashMap::new();
+        while answers.len() < ids.len() {
+            match events.recv().await.unwrap() {
+                ChunkStreamEvent::Response { id, response, .. } if ids.contains(&id) => {
+                    answers.insert(id, response);
+                }
+                ChunkStreamEvent::Failure { error, .. } => panic!("a request failed: {error}"),
+                _ => {}
+            }
+        }
+        answers
+    }
+
     fn have(request: u64) -> ChunkResponse {
         ChunkResponse::Have {
             request,
@@ -532,8 +595,9 @@ mod tests {
             };
             reply.send(have(request)).unwrap();
         }
+        let answers = answers(&mut p.client_events, &ids).await;
         for (i, id) in (10..13).zip(ids) {
-            assert_eq!(outcome(&mut p.client_events, id).await.unwrap(), have(i));
+            assert_eq!(answers[&id], have(i));
         }
         // Three at once took the pooled stream and opened two more; all three are kept.
         assert_eq!(p.client.idle_streams(&p.server_id), 3);
@@ -549,7 +613,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_request_fails_at_once_and_the_next_one_gets_a_fresh_stream() {
+    async fn a_refused_request_is_answered_busy_and_its_stream_stays_usable() {
         let mut p = pair(ChunkStreamConfig::default(), ChunkStreamConfig::default()).await;
         let id = p.client.send_request(p.server_id, query(1));
         answer(&mut p.server_events, 1).await;
@@ -561,12 +625,41 @@ mod tests {
                 break;
             }
         }
-        let err = outcome(&mut p.client_events, id).await.unwrap_err();
-        assert!(matches!(err, ChunkStreamError::Io(_)), "{err}");
-        assert_eq!(p.client.idle_streams(&p.server_id), 0);
+        assert_eq!(
+            outcome(&mut p.client_events, id).await.unwrap(),
+            ChunkResponse::Busy {
+                request: 2,
+                retry_after_ms: 0
+            }
+        );
+        loop {
+            if let ChunkStreamEvent::Answered { sent, .. } = p.server_events.recv().await.unwrap() {
+                assert!(!sent, "a refusal is not a served answer");
+                break;
+            }
+        }
+        assert_eq!(p.client.idle_streams(&p.server_id), 1);
         let id = p.client.send_request(p.server_id, query(3));
         answer(&mut p.server_events, 1).await;
         assert_eq!(outcome(&mut p.client_events, id).await.unwrap(), have(3));
+    }
+
+    #[tokio::test]
+    async fn many_new_streams_at_once_all_get_their_answer() {
+        let mut p = pair(ChunkStreamConfig::default(), ChunkStreamConfig::default()).await;
+        let ids: Vec<_> = (0..12)
+            .map(|i| p.client.send_request(p.server_id, query(i)))
+            .collect();
+        let server = tokio::spawn(async move {
+            loop {
+                answer(&mut p.server_events, 1).await;
+            }
+        });
+        let answers = answers(&mut p.client_events, &ids).await;
+        for (i, id) in (0..12).zip(ids) {
+            assert_eq!(answers[&id], have(i));
+        }
+        server.abort();
     }
 
     #[tokio::test]

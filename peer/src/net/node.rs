@@ -1,8 +1,9 @@
 //! The peer's network driver: one libp2p swarm (QUIC, TCP+Noise+Yamux fallback) carrying
-//! `/shoal/chunk/2` both ways (on pooled streams, [`super::chunk_streams`]), announce and lookup to the tracker, identify and ping; the origin
-//! over HTTP; the disk cache. It feeds a [`PeerCore`] and an [`Announcer`] and carries out
-//! what they say. It decides nothing: which source, when to hedge, what to evict, whom to
-//! serve and when to announce all come from the cores.
+//! `/shoal/chunk/2` both ways (on pooled streams, [`super::chunk_streams`]), announce and
+//! lookup to the tracker, identify and ping; the origin over HTTP; the disk cache. It feeds a
+//! [`PeerCore`] and an [`Announcer`] and carries out what they say. It decides nothing: which
+//! source, when to hedge, what to evict, whom to serve and when to announce all come from the
+//! cores.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -622,12 +623,7 @@ fn response_request(r: &ChunkResponse) -> u64 {
 }
 
 fn request_key(from: NodeId, r: &ChunkRequest) -> InboundKey {
-    match r {
-        ChunkRequest::GetManifest { request, .. }
-        | ChunkRequest::GetChunk { request, .. }
-        | ChunkRequest::QueryHave { request, .. } => (from, *request, false),
-        ChunkRequest::Cancel { request } => (from, *request, true),
-    }
+    (from, r.request(), matches!(r, ChunkRequest::Cancel { .. }))
 }
 
 impl Driver {

@@ -305,7 +305,7 @@ async fn run_malicious_peer(
         swarm.behaviour().chunk.new_control(),
         ChunkStreamConfig::default(),
     );
-    chunks.serve().unwrap();
+    chunks.serve(&swarm.behaviour().chunk_inbound).unwrap();
     loop {
         if stop.try_recv().is_ok() {
             return;

@@ -834,8 +834,15 @@ mod tests {
             LOOKUP_PROTOCOL,
             CLUSTER_PROTOCOL,
         ] {
-            assert!(p.starts_with("/shoal/") && p.ends_with("/1"), "{p}");
+            // `/shoal/<name>/<version>`, the version a positive integer.
+            let parts: Vec<&str> = p.split('/').collect();
+            assert_eq!(parts.len(), 4, "{p}");
+            assert_eq!((parts[0], parts[1]), ("", "shoal"), "{p}");
+            assert!(!parts[2].is_empty(), "{p}");
+            assert!(parts[3].parse::<u32>().is_ok_and(|v| v >= 1), "{p}");
         }
+        // Version 2 of the chunk protocol: long-lived streams carrying request after request.
+        assert_eq!(CHUNK_PROTOCOL, "/shoal/chunk/2");
         assert_eq!(ChunkRequest::PROTOCOL, CHUNK_PROTOCOL);
         assert_eq!(LookupResponse::PROTOCOL, LOOKUP_PROTOCOL);
     }

@@ -19,10 +19,9 @@
 //!
 //! So a stream that fails did so in transport, and the request is sent again on a new stream
 //! (up to [`FRESH_ATTEMPTS`] times, after a short random wait): chunk requests are reads, so
-//! asking twice is harmless. The common case is libp2p-stream's: it hands over one new inbound
-//! stream at a time and drops one that arrives before the previous was taken, so of several
-//! streams opened at once to one server, some fail at first (12 at once needed up to 5
-//! attempts in a test). A malformed answer is not retried.
+//! asking twice is harmless. Inbound streams are taken by [`InboundStreams`] (a queue of
+//! [`super::chunk_inbound::INBOUND_QUEUE`]), not by `libp2p_stream`'s `accept`, which drops
+//! all but one of the streams that arrive together. A malformed answer is not retried.
 
 use std::collections::HashMap;
 use std::io;
@@ -30,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::AsyncWriteExt;
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, OpenStreamError};
 use shoal_protocol::wire::{CHUNK_PROTOCOL, ChunkRequest, ChunkResponse};
@@ -38,6 +37,8 @@ use shoal_tracker::net::p2p::{read_frame, write_frame};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
+
+use super::chunk_inbound::{AlreadyAccepting, InboundStreams};
 
 /// Limits of the stream pool.
 #[derive(Debug, Clone, Copy)]
@@ -190,17 +191,18 @@ impl ChunkStreams {
         StreamProtocol::new(CHUNK_PROTOCOL)
     }
 
-    /// Starts accepting inbound streams: each request arrives as [`ChunkStreamEvent::Request`].
+    /// Answers the streams of `inbound` (the swarm's [`InboundStreams`] for
+    /// [`ChunkStreams::protocol`]): each request arrives as [`ChunkStreamEvent::Request`].
     /// Needs a tokio runtime.
-    pub fn serve(&mut self) -> Result<(), libp2p_stream::AlreadyRegistered> {
-        let mut incoming = self.control.accept(Self::protocol())?;
+    pub fn serve(&mut self, inbound: &InboundStreams) -> Result<(), AlreadyAccepting> {
+        let mut incoming = inbound.accept()?;
         let (events, ids, idle) = (
             self.events.clone(),
             self.next_inbound.clone(),
             self.config.serve_idle_timeout,
         );
         let task = tokio::spawn(async move {
-            while let Some((peer, stream)) = incoming.next().await {
+            while let Some((peer, stream)) = incoming.recv().await {
                 tokio::spawn(serve_stream(
                     peer,
                     stream,
@@ -425,19 +427,20 @@ async fn serve_stream(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use futures::AsyncReadExt;
+    use futures::{AsyncReadExt, StreamExt};
     use libp2p::identity::Keypair;
     use libp2p::swarm::SwarmEvent;
     use libp2p::{Multiaddr, Swarm};
     use shoal_protocol::TrackId;
 
     use super::*;
+    use crate::net::node::PeerBehaviour;
 
-    fn swarm() -> Swarm<libp2p_stream::Behaviour> {
+    fn swarm() -> Swarm<PeerBehaviour> {
         libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
             .with_tokio()
             .with_quic()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .with_behaviour(|k| PeerBehaviour::new(k, Duration::from_secs(30)))
             .unwrap()
             .with_swarm_config(crate::net::node::swarm_config)
             .build()
@@ -465,8 +468,8 @@ mod tests {
         };
         let server_id = *s.local_peer_id();
         let (mut server, server_events) =
-            ChunkStreams::new(s.behaviour().new_control(), server_config);
-        server.serve().unwrap();
+            ChunkStreams::new(s.behaviour().chunk.new_control(), server_config);
+        server.serve(&s.behaviour().chunk_inbound).unwrap();
         tokio::spawn(async move {
             loop {
                 s.select_next_some().await;
@@ -479,8 +482,9 @@ mod tests {
                 break;
             }
         }
-        let client_control = c.behaviour().new_control();
-        let (client, client_events) = ChunkStreams::new(c.behaviour().new_control(), client_config);
+        let client_control = c.behaviour().chunk.new_control();
+        let (client, client_events) =
+            ChunkStreams::new(c.behaviour().chunk.new_control(), client_config);
         tokio::spawn(async move {
             loop {
                 c.select_next_some().await;

@@ -2,6 +2,7 @@
 //! frames, writes and timers. It decides nothing.
 
 pub mod cache;
+pub mod chunk_inbound;
 pub mod chunk_streams;
 pub mod node;
 pub mod origin;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::cache::DiskCache;
+use super::chunk_inbound::InboundStreams;
 use super::chunk_streams::{
     ChunkReply, ChunkStreamConfig, ChunkStreamError, ChunkStreamEvent, ChunkStreams, InboundId,
     OutboundId,
@@ -45,9 +46,11 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/udp/0/quic-v1", "/ip4/0.0.0
 /// AutoNAT (are we reachable?).
 #[derive(NetworkBehaviour)]
 pub struct PeerBehaviour {
-    /// Streams of `/shoal/chunk/2`, both ways (driven by [`ChunkStreams`] through its
+    /// Outbound streams of `/shoal/chunk/2` (opened by [`ChunkStreams`] through its
     /// `Control`).
     pub chunk: libp2p_stream::Behaviour,
+    /// Inbound streams of `/shoal/chunk/2` (answered by [`ChunkStreams::serve`]).
+    pub chunk_inbound: InboundStreams,
     /// Announce and lookup (outbound), identify and ping.
     pub tracker: TrackerBehaviour,
     /// Circuit relay v2 client (only with super-peers configured).
@@ -84,6 +87,7 @@ impl PeerBehaviour {
         let leaf = relay.is_some();
         Self {
             chunk: libp2p_stream::Behaviour::new(),
+            chunk_inbound: InboundStreams::new(ChunkStreams::protocol()),
             tracker: TrackerBehaviour::new(key, ProtocolSupport::Outbound, request_timeout),
             relay: relay.into(),
             dcutr: leaf.then(|| dcutr::Behaviour::new(me)).into(),
@@ -455,7 +459,7 @@ impl PeerNode {
         );
         // Registered once, on a fresh behaviour: cannot be taken already.
         chunks
-            .serve()
+            .serve(&swarm.behaviour().chunk_inbound)
             .map_err(|e| NodeError::Transport(e.to_string()))?;
         let mut driver = Driver {
             swarm,
@@ -1244,6 +1248,7 @@ impl Driver {
         let now = self.now();
         match ev {
             SwarmEvent::Behaviour(PeerBehaviourEvent::Chunk(())) => {}
+            SwarmEvent::Behaviour(PeerBehaviourEvent::ChunkInbound(never)) => match never {},
             SwarmEvent::Behaviour(PeerBehaviourEvent::Tracker(e)) => self.on_tracker(e),
             SwarmEvent::Behaviour(PeerBehaviourEvent::Relay(
                 relay::client::Event::ReservationReqAccepted {

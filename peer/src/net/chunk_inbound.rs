@@ -185,25 +185,22 @@ impl ConnectionHandler for InboundHandler {
     }
 }
 
+/// Swarms on loopback for the chunk-stream tests.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
+pub(crate) mod testing {
+    #![allow(clippy::unwrap_used)]
 
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use futures::StreamExt;
     use libp2p::identity::Keypair;
     use libp2p::swarm::SwarmEvent;
-    use libp2p::{Swarm, SwarmBuilder};
-    use tokio::task::JoinHandle;
+    use libp2p::{PeerId, Swarm, SwarmBuilder};
 
-    use super::*;
     use crate::net::node::{PeerBehaviour, swarm_config};
 
-    const PROTOCOL: &str = "/shoal/chunk/2";
-
-    fn swarm() -> Swarm<PeerBehaviour> {
+    /// A QUIC-only swarm of the peer's behaviour, with a new identity.
+    pub(crate) fn swarm() -> Swarm<PeerBehaviour> {
         SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
             .with_tokio()
             .with_quic()
@@ -215,7 +212,8 @@ mod tests {
 
     /// A listening swarm (returned, not yet driven) and a client swarm connected to it
     /// (driven by a task), with the server's id, the client's id and the client's control.
-    async fn connected() -> (Swarm<PeerBehaviour>, PeerId, PeerId, libp2p_stream::Control) {
+    pub(crate) async fn connected() -> (Swarm<PeerBehaviour>, PeerId, PeerId, libp2p_stream::Control)
+    {
         let mut server = swarm();
         server
             .listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
@@ -242,13 +240,34 @@ mod tests {
                 }
             }
         }
-        tokio::spawn(async move {
-            loop {
-                client.select_next_some().await;
-            }
-        });
+        drive(client);
         (server, server_id, client_id, control)
     }
+
+    /// Drives `swarm` in a task until the test ends.
+    pub(crate) fn drive(mut swarm: Swarm<PeerBehaviour>) {
+        tokio::spawn(async move {
+            loop {
+                swarm.select_next_some().await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use tokio::task::JoinHandle;
+
+    use super::testing::{connected, drive};
+    use super::*;
+
+    const PROTOCOL: &str = "/shoal/chunk/2";
 
     /// Opens a stream, sends a byte and reads the answer (that byte plus one); `Err` when the
     /// server refuses the protocol (multistream-select `V1Lazy` reports it on the first read).
@@ -292,14 +311,6 @@ mod tests {
                 });
             }
         })
-    }
-
-    fn drive(mut server: Swarm<PeerBehaviour>) {
-        tokio::spawn(async move {
-            loop {
-                server.select_next_some().await;
-            }
-        });
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,8 +148,8 @@ impl ChunkReply {
 type Pool = HashMap<PeerId, Vec<(Stream, Instant)>>;
 
 /// New streams one request may try, after a pooled one failed or when none was idle. Before
-/// each retry it waits a random 0–2^k ms (k = retries so far), so streams dropped together are
-/// not opened together again.
+/// each retry it waits a random 0–2^k ms (k = retries so far), so requests whose streams failed
+/// together (a connection lost, a server's full inbound queue) are not sent together again.
 pub const FRESH_ATTEMPTS: u32 = 6;
 
 /// Chunk requests both ways over pooled `/shoal/chunk/2` streams. Dropping it stops
@@ -427,24 +427,11 @@ async fn serve_stream(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use futures::{AsyncReadExt, StreamExt};
-    use libp2p::identity::Keypair;
-    use libp2p::swarm::SwarmEvent;
-    use libp2p::{Multiaddr, Swarm};
+    use futures::AsyncReadExt;
     use shoal_protocol::TrackId;
 
     use super::*;
-    use crate::net::node::PeerBehaviour;
-
-    fn swarm() -> Swarm<PeerBehaviour> {
-        libp2p::SwarmBuilder::with_existing_identity(Keypair::generate_ed25519())
-            .with_tokio()
-            .with_quic()
-            .with_behaviour(|k| PeerBehaviour::new(k, Duration::from_secs(30)))
-            .unwrap()
-            .with_swarm_config(crate::net::node::swarm_config)
-            .build()
-    }
+    use crate::net::chunk_inbound::testing::{connected, drive};
 
     /// A serving node and a requesting node on loopback, both swarms driven by tasks; the
     /// requester is connected to the server.
@@ -458,38 +445,12 @@ mod tests {
     }
 
     async fn pair(server_config: ChunkStreamConfig, client_config: ChunkStreamConfig) -> Pair {
-        let mut s = swarm();
-        s.listen_on("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap())
-            .unwrap();
-        let addr: Multiaddr = loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
-                break address;
-            }
-        };
-        let server_id = *s.local_peer_id();
+        let (s, server_id, _, client_control) = connected().await;
         let (mut server, server_events) =
             ChunkStreams::new(s.behaviour().chunk.new_control(), server_config);
         server.serve(&s.behaviour().chunk_inbound).unwrap();
-        tokio::spawn(async move {
-            loop {
-                s.select_next_some().await;
-            }
-        });
-        let mut c = swarm();
-        c.dial(addr).unwrap();
-        loop {
-            if let SwarmEvent::ConnectionEstablished { .. } = c.select_next_some().await {
-                break;
-            }
-        }
-        let client_control = c.behaviour().chunk.new_control();
-        let (client, client_events) =
-            ChunkStreams::new(c.behaviour().chunk.new_control(), client_config);
-        tokio::spawn(async move {
-            loop {
-                c.select_next_some().await;
-            }
-        });
+        drive(s);
+        let (client, client_events) = ChunkStreams::new(client_control.clone(), client_config);
         Pair {
             _server: server,
             server_events,

@@ -10,12 +10,14 @@
 //! - [`scenario`]: the scenario file, its defaults and validation;
 //! - [`cores`]: the integration point with the role cores ([`cores::Cores`]);
 //! - [`sim`]: one run (population, churn, listening, faults, sampling);
-//! - [`stats`], [`output`], [`plot`], [`sweep`]: what is measured and written.
+//! - [`stats`], [`output`], [`plot`], [`sweep`]: what is measured and written;
+//! - [`huge_pages`]: restarting with glibc's huge-page tunable (large runs are TLB-bound).
 
 pub mod bench;
 pub mod catalog;
 pub mod cores;
 pub mod engine;
+pub mod huge_pages;
 pub mod net;
 pub mod output;
 pub mod plot;

@@ -13,7 +13,14 @@ use shoal_sim::{output, scenario, sweep};
 
 /// Simulate a Shoal network (scenario in, metrics and plots out), deterministic by seed.
 #[derive(Debug, Parser)]
-#[command(name = "shoal-sim", version, arg_required_else_help = true)]
+#[command(
+    name = "shoal-sim",
+    version,
+    arg_required_else_help = true,
+    after_help = "Environment:\n  SHOAL_SIM_HUGE_PAGES=0  do not restart with glibc's huge-page tunable \
+                  (on by default where the kernel gives transparent huge pages on request; \
+                  same results, large runs faster)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -68,6 +75,8 @@ fn bar(len: u64, unit: &str) -> ProgressBar {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything is allocated in earnest: large runs are ~20% faster on huge pages.
+    shoal_sim::huge_pages::restart_with_huge_pages();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
-//! Owns the discrete-event core of the simulator: the event heap ordered by (virtual time,
-//! sequence number), the message slab that keeps heap entries small, and the trace hash that
+//! Owns the discrete-event core of the simulator: the event queue ordered by (virtual time,
+//! sequence number) — buckets for the next few seconds in front of a 4-ary heap for later
+//! events —, the message slab that keeps queue entries small, and the trace hash that
 //! proves a run deterministic (BLAKE3 over every dispatched event).
 
 use shoal_protocol::Time;
@@ -155,6 +156,120 @@ impl EventHeap {
     }
 }
 
+/// The pending events: those due within the next [`EventQueue::BUCKETS`] buckets of
+/// [`EventQueue::WIDTH`] µs sit unsorted in a ring of buckets, each sorted only when its turn
+/// comes; later ones wait in an [`EventHeap`]. Pushing near-future events (most of a run's:
+/// deliveries, disk reads, the cores' timers) is an append instead of a sift through a heap of
+/// millions, and popping takes the end of a small sorted vector. Pops come in exactly the heap's
+/// order, (time, sequence), so traces do not change.
+#[derive(Debug)]
+struct EventQueue {
+    /// Every pending event of bucket `base` or earlier, sorted by key, largest first (popped
+    /// from the end). Empty only when the whole queue is.
+    cur: Vec<Entry>,
+    /// The bucket number (`at / WIDTH`) `cur` was last filled from.
+    base: u64,
+    /// Bucket `b` (for `base < b < base + BUCKETS`) is `ring[b % BUCKETS]`.
+    ring: Vec<Vec<Entry>>,
+    /// Events in `ring`.
+    in_ring: usize,
+    /// Events of bucket `base + BUCKETS` or later.
+    far: EventHeap,
+}
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        Self {
+            cur: Vec::new(),
+            base: 0,
+            ring: (0..Self::BUCKETS).map(|_| Vec::new()).collect(),
+            in_ring: 0,
+            far: EventHeap::default(),
+        }
+    }
+}
+
+impl EventQueue {
+    /// Width of a bucket, µs.
+    const WIDTH: u64 = 1024;
+    /// Buckets in the ring: a horizon of about 4.2 s.
+    const BUCKETS: u64 = 4096;
+
+    fn len(&self) -> usize {
+        self.cur.len() + self.in_ring + self.far.len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.cur.is_empty()
+    }
+
+    fn peek(&self) -> Option<&Entry> {
+        self.cur.last()
+    }
+
+    fn push(&mut self, e: Entry) {
+        let b = e.at / Self::WIDTH;
+        if self.cur.is_empty() {
+            // The queue is empty: this event is the next one.
+            self.base = b;
+            self.cur.push(e);
+        } else if b <= self.base {
+            let key = e.key();
+            let i = self.cur.partition_point(|x| x.key() > key);
+            self.cur.insert(i, e);
+        } else if b < self.base + Self::BUCKETS {
+            self.ring[(b % Self::BUCKETS) as usize].push(e);
+            self.in_ring += 1;
+        } else {
+            self.far.push(e);
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.cur.pop()?;
+        if self.cur.is_empty() {
+            self.refill();
+        }
+        Some(e)
+    }
+
+    /// Fills the empty `cur` from the next non-empty bucket, moving events from `far` into the
+    /// ring as its horizon passes them.
+    fn refill(&mut self) {
+        loop {
+            if self.in_ring == 0 {
+                // Nothing within the horizon: jump to the next far event's bucket.
+                let Some(next) = self.far.peek() else {
+                    return;
+                };
+                self.base = self.base.max((next.at / Self::WIDTH).saturating_sub(1));
+            }
+            self.base += 1;
+            let horizon = self.base + Self::BUCKETS;
+            while let Some(next) = self.far.peek() {
+                let b = next.at / Self::WIDTH;
+                if b >= horizon {
+                    break;
+                }
+                if let Some(e) = self.far.pop() {
+                    self.ring[(b % Self::BUCKETS) as usize].push(e);
+                    self.in_ring += 1;
+                }
+            }
+            let bucket = &mut self.ring[(self.base % Self::BUCKETS) as usize];
+            if !bucket.is_empty() {
+                // Swap, so both vectors keep their capacity for reuse.
+                std::mem::swap(&mut self.cur, bucket);
+                self.in_ring -= self.cur.len();
+                self.cur
+                    .sort_unstable_by_key(|e| std::cmp::Reverse(e.key()));
+                return;
+            }
+        }
+    }
+}
+
 /// Messages in flight, stored once; heap entries hold a slot number.
 #[derive(Debug)]
 pub struct Slab<M> {
@@ -208,7 +323,7 @@ const TRACE_FLUSH: usize = 64 * 1024;
 /// The event queue and virtual clock of one run.
 #[derive(Debug)]
 pub struct Engine<M> {
-    heap: EventHeap,
+    heap: EventQueue,
     seq: u64,
     now: u64,
     /// Messages in flight.
@@ -228,7 +343,7 @@ impl<M> Engine<M> {
     /// An empty engine at time zero.
     pub fn new() -> Self {
         Self {
-            heap: EventHeap::default(),
+            heap: EventQueue::default(),
             seq: 0,
             now: 0,
             msgs: Slab::default(),
@@ -399,6 +514,66 @@ mod tests {
             assert_eq!(h.pop().map(|e| e.key()), Some(want));
         }
         assert!(h.pop().is_none());
+    }
+
+    fn timer(at: u64, seq: u64) -> Entry {
+        Entry {
+            at,
+            seq,
+            ev: Ev::Timer {
+                node: 0,
+                generation: 0,
+            },
+        }
+    }
+
+    proptest::proptest! {
+        /// Pushes at delays from zero to hours after the last pop (the engine never schedules
+        /// in the past), some with an earlier reserved sequence number, mixed with pops: the
+        /// bucketed queue pops what a sorted reference does, and so does the heap.
+        #[test]
+        fn queue_pops_in_key_order(
+            ops in proptest::collection::vec((0u8..8, 0u64..4, 0u64..(1 << 34)), 0..600),
+        ) {
+            let mut q = EventQueue::default();
+            let mut h = EventHeap::default();
+            let mut reference: Vec<(u64, u64)> = Vec::new();
+            let (mut now, mut seq) = (0u64, 1_000_000u64);
+            for (op, scale, x) in ops {
+                if op < 5 {
+                    let delay = match scale {
+                        0 => x % 2_000,                                // this bucket or the next
+                        1 => x % 3 * 700,                              // equal times
+                        2 => x % (EventQueue::WIDTH * EventQueue::BUCKETS * 2), // around the horizon
+                        _ => x,                                        // up to hours
+                    };
+                    // One push in eight takes an earlier, reserved sequence number.
+                    let s = if op == 0 { seq - 1 - x % 1000 } else { seq += 1; seq };
+                    if reference.iter().any(|&(_, r)| r == s) {
+                        continue;
+                    }
+                    q.push(timer(now + delay, s));
+                    h.push(timer(now + delay, s));
+                    reference.push((now + delay, s));
+                } else {
+                    reference.sort_unstable();
+                    let want = (!reference.is_empty()).then(|| reference.remove(0));
+                    proptest::prop_assert_eq!(q.peek().map(Entry::key), want);
+                    proptest::prop_assert_eq!(q.pop().map(|e| e.key()), want);
+                    proptest::prop_assert_eq!(h.pop().map(|e| e.key()), want);
+                    if let Some((at, _)) = want {
+                        now = at;
+                    }
+                }
+                proptest::prop_assert_eq!(q.len(), reference.len());
+                proptest::prop_assert_eq!(q.is_empty(), reference.is_empty());
+            }
+            reference.sort_unstable();
+            for want in reference {
+                proptest::prop_assert_eq!(q.pop().map(|e| e.key()), Some(want));
+            }
+            proptest::prop_assert!(q.pop().is_none());
+        }
     }
 
     #[test]

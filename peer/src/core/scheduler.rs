@@ -579,6 +579,11 @@ pub struct FetchScheduler {
     next_request: u64,
     /// Scratch for [`FetchScheduler::window`], kept to spare an allocation per call.
     window_buf: Vec<(usize, Time)>,
+    /// Per slot, during one pass of [`FetchScheduler::pump`] over the windows: no holder of the
+    /// slot's track can take a request (none usable, or none at all). Nothing in that pass
+    /// makes a node usable again (requests only get added), so the other chunks of the window
+    /// need not rank the holders again only to find the same.
+    no_usable_holder: [bool; 2],
     /// Decoded manifests shared with other cores, if the driver runs several.
     pool: Option<ManifestPool>,
     timers: TimerSet<Timer>,
@@ -608,6 +613,7 @@ impl FetchScheduler {
             requests: LiteMap::new(),
             next_request: 1,
             window_buf: Vec::new(),
+            no_usable_holder: [false; 2],
             pool: None,
             timers: TimerSet::new(),
             out: VecDeque::new(),
@@ -1828,9 +1834,18 @@ impl FetchScheduler {
             || now.saturating_since(f.asked_peers_at)
                 >= SchedulerConfig::ms(self.config.lookup_wait_ms);
         if asked.is_empty() {
-            let peer = self.best_peer(f, index, len, &exclude, now);
+            let peer = if self.no_usable_holder[slot as usize] {
+                None
+            } else {
+                self.best_peer(f, index, len, &exclude, now)
+            };
+            // With nothing excluded, no peer means no holder is usable, whatever the chunk.
+            let none_usable = peer.is_none() && f.not_have.is_empty();
             let origin = self.origin_candidate(&exclude, len, now);
             let holders = self.has_holders(f, index);
+            if none_usable {
+                self.no_usable_holder[slot as usize] = true;
+            }
             if !holders {
                 self.maybe_need_peers(slot);
             }
@@ -1895,9 +1910,12 @@ impl FetchScheduler {
             // the origin can take it: the peer's estimate is a guess, and when the late one
             // could not be reached either (NATed holders) each such guess costs a late timer
             // while the buffer runs dry. The origin's rate is known.
-            let peer = self
-                .best_peer(f, index, len, &exclude, now)
-                .filter(|(_, pt)| *pt < best_expected);
+            let peer = if self.no_usable_holder[slot as usize] {
+                None
+            } else {
+                self.best_peer(f, index, len, &exclude, now)
+            }
+            .filter(|(_, pt)| *pt < best_expected);
             let unheard = |p: &NodeId| !self.nodes.get(p).is_some_and(|n| n.heard);
             let instead = match peer {
                 Some((p, _)) if urgent && !origin_asked && unheard(&p) => {
@@ -1976,6 +1994,7 @@ impl FetchScheduler {
         );
         let mut all_asked = true;
         let starving = self.playback_urgent(now);
+        self.no_usable_holder = [false; 2];
         let mut w = std::mem::take(&mut self.window_buf);
         if self.play.is_some() {
             self.window(Slot::Current, now, &mut w);
@@ -2003,6 +2022,7 @@ impl FetchScheduler {
             }
         }
         self.window_buf = w;
+        self.no_usable_holder = [false; 2];
     }
 
     fn update_prefetch(&mut self, now: Time) {

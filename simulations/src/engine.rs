@@ -270,7 +270,7 @@ impl EventQueue {
     }
 }
 
-/// Messages in flight, stored once; heap entries hold a slot number.
+/// Messages in flight, stored once; queue entries hold a slot number.
 #[derive(Debug)]
 pub struct Slab<M> {
     slots: Vec<Option<M>>,
@@ -323,7 +323,7 @@ const TRACE_FLUSH: usize = 64 * 1024;
 /// The event queue and virtual clock of one run.
 #[derive(Debug)]
 pub struct Engine<M> {
-    heap: EventQueue,
+    queue: EventQueue,
     seq: u64,
     now: u64,
     /// Messages in flight.
@@ -343,7 +343,7 @@ impl<M> Engine<M> {
     /// An empty engine at time zero.
     pub fn new() -> Self {
         Self {
-            heap: EventQueue::default(),
+            queue: EventQueue::default(),
             seq: 0,
             now: 0,
             msgs: Slab::default(),
@@ -362,7 +362,7 @@ impl<M> Engine<M> {
     pub fn schedule(&mut self, at: Time, ev: Ev) {
         let at = at.as_micros().max(self.now);
         self.seq += 1;
-        self.heap.push(Entry {
+        self.queue.push(Entry {
             at,
             seq: self.seq,
             ev,
@@ -381,12 +381,12 @@ impl<M> Engine<M> {
     /// [`Engine::reserve_seq`].
     pub fn schedule_with_seq(&mut self, at: Time, seq: u64, ev: Ev) {
         let at = at.as_micros().max(self.now);
-        self.heap.push(Entry { at, seq, ev });
+        self.queue.push(Entry { at, seq, ev });
     }
 
     /// The time of the next event, if any.
     pub fn peek_time(&self) -> Option<Time> {
-        self.heap.peek().map(|e| Time::from_micros(e.at))
+        self.queue.peek().map(|e| Time::from_micros(e.at))
     }
 
     /// Removes the next event, advances the clock to it and adds it to the trace.
@@ -396,7 +396,7 @@ impl<M> Engine<M> {
 
     /// [`Engine::pop`], with the event's sequence number.
     pub fn pop_with_seq(&mut self) -> Option<(Time, u64, Ev)> {
-        let e = self.heap.pop()?;
+        let e = self.queue.pop()?;
         self.now = e.at;
         self.dispatched += 1;
         e.ev.encode(e.at, e.seq, &mut self.trace_buf);
@@ -419,7 +419,7 @@ impl<M> Engine<M> {
 
     /// Events waiting.
     pub fn pending(&self) -> usize {
-        self.heap.len()
+        self.queue.len()
     }
 
     /// BLAKE3 of the trace so far, hex.
@@ -547,7 +547,7 @@ mod tests {
                         2 => x % (EventQueue::WIDTH * EventQueue::BUCKETS * 2), // around the horizon
                         _ => x,                                        // up to hours
                     };
-                    // One push in eight takes an earlier, reserved sequence number.
+                    // One push in five takes an earlier, reserved sequence number.
                     let s = if op == 0 { seq - 1 - x % 1000 } else { seq += 1; seq };
                     if reference.iter().any(|&(_, r)| r == s) {
                         continue;

@@ -14,6 +14,7 @@ use std::ffi::{OsStr, OsString};
 pub const TUNABLE: &str = "glibc.malloc.hugetlb=1";
 /// Environment variable that turns the restart off (`0`).
 pub const OPT_OUT: &str = "SHOAL_SIM_HUGE_PAGES";
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
 /// The `GLIBC_TUNABLES` value to restart with, or `None` when a restart would change nothing:

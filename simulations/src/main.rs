@@ -75,7 +75,7 @@ fn bar(len: u64, unit: &str) -> ProgressBar {
 }
 
 fn main() -> std::process::ExitCode {
-    // Before anything is allocated in earnest: large runs are ~20% faster on huge pages.
+    // Before anything is allocated in earnest: large runs are about 10% faster on huge pages.
     shoal_sim::huge_pages::restart_with_huge_pages();
     let cli = Cli::parse();
     match run(cli) {

@@ -304,6 +304,16 @@ enum Slot {
     Next = 1,
 }
 
+/// A slot's window as [`FetchScheduler::window`] computed it, with what it was computed from.
+#[derive(Debug, Default)]
+struct Window {
+    /// Slot, track, chunk count, play position, span and the time the position was taken
+    /// at: a window is a function of these alone.
+    from: Option<(Slot, TrackId, usize, u64, u64, Time)>,
+    /// Chunk indices wanted, most urgent first, with the time each is needed.
+    chunks: Vec<(usize, Time)>,
+}
+
 #[derive(Debug)]
 struct TrackFetch {
     track: TrackId,
@@ -586,8 +596,9 @@ pub struct FetchScheduler {
     /// a B-tree kept a 1.4 KiB node per listener in a simulated run, even for one request).
     requests: LiteMap<ReqKey, Req>,
     next_request: u64,
-    /// Scratch for [`FetchScheduler::window`], kept to spare an allocation per call.
-    window_buf: Vec<(usize, Time)>,
+    /// The last window computed, kept to spare an allocation per call and, when asked for
+    /// the same again (the cancel pass and the fetch pass of one input), the computation.
+    window_buf: Window,
     /// Scratch for [`FetchScheduler::chunks_in_flight`], likewise.
     asked_buf: Vec<(usize, Asked)>,
     /// Per slot, during one pass of [`FetchScheduler::pump`] over the windows: no holder of the
@@ -595,6 +606,9 @@ pub struct FetchScheduler {
     /// makes a node usable again (requests only get added), so the other chunks of the window
     /// need not rank the holders again only to find the same.
     no_usable_holder: [bool; 2],
+    /// Likewise for the origin, whichever the slot: at its cap or backing off. A cell because
+    /// the candidates are weighed through `&self`.
+    origin_unusable: Cell<bool>,
     /// Decoded manifests shared with other cores, if the driver runs several.
     pool: Option<ManifestPool>,
     timers: TimerSet<Timer>,
@@ -623,9 +637,10 @@ impl FetchScheduler {
             queue: VecDeque::new(),
             requests: LiteMap::new(),
             next_request: 1,
-            window_buf: Vec::new(),
+            window_buf: Window::default(),
             asked_buf: Vec::new(),
             no_usable_holder: [false; 2],
+            origin_unusable: Cell::new(false),
             pool: None,
             timers: TimerSet::new(),
             out: VecDeque::new(),
@@ -1537,18 +1552,21 @@ impl FetchScheduler {
     // ---------------------------------------------------------------- decisions
 
     /// Chunk indices wanted for `slot`, most urgent first, with the time each is needed, in
-    /// `out` (cleared first; a buffer reused across inputs).
-    fn window(&self, slot: Slot, now: Time, out: &mut Vec<(usize, Time)>) {
-        out.clear();
-        let Some(f) = self.fetches[slot as usize].as_ref() else {
-            return;
-        };
-        let Some(m) = f.manifest.as_ref() else {
+    /// `out.chunks` (left as it is when `out` already holds that window).
+    fn window(&self, slot: Slot, now: Time, out: &mut Window) {
+        let Some((f, m)) = self.fetches[slot as usize]
+            .as_ref()
+            .and_then(|f| Some((f, f.manifest.as_ref()?)))
+        else {
+            out.from = None;
+            out.chunks.clear();
             return;
         };
         let (pos, span, base) = match slot {
             Slot::Current => {
                 let Some(pos) = self.pos_now(now) else {
+                    out.from = None;
+                    out.chunks.clear();
                     return;
                 };
                 (pos, ms_samples(self.config.buffer_ahead_ms), now)
@@ -1559,6 +1577,13 @@ impl FetchScheduler {
                 Time::NEVER,
             ),
         };
+        let from = Some((slot, f.track, m.chunks.len(), pos, span, base));
+        if out.from == from {
+            return;
+        }
+        out.from = from;
+        let out = &mut out.chunks;
+        out.clear();
         let mut i = f.index_of(m, pos);
         while i < m.chunks.len() && out.len() < self.config.max_chunks_ahead {
             let c = &m.chunks[i];
@@ -1635,6 +1660,21 @@ impl FetchScheduler {
         self.usable(&o, now).map(|n| (o, n.expected(now, len)))
     }
 
+    /// [`FetchScheduler::origin_candidate`] during a pass of [`FetchScheduler::pump`] over
+    /// the windows, where an origin found unusable stays so (see `origin_unusable`).
+    fn pass_origin(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(NodeId, Time)> {
+        if self.origin_unusable.get() {
+            return None;
+        }
+        let o = self.origin?;
+        if asked_of(exclude, &o) {
+            return None;
+        }
+        let n = self.usable(&o, now);
+        self.origin_unusable.set(n.is_none());
+        n.map(|n| (o, n.expected(now, len)))
+    }
+
     fn issue(&mut self, now: Time, to: NodeId, track: TrackId, what: What, len: u64) {
         if self.requests.len() >= self.config.max_in_flight_total {
             return;
@@ -1651,8 +1691,9 @@ impl FetchScheduler {
         let budget = (expected - now).mul_f64(self.config.late_factor.max(1.0))
             + SchedulerConfig::ms(self.config.late_slack_ms);
         let key = (to, request);
-        self.timers.set(Timer::Late(key), now + budget);
-        self.timers.set(
+        // Request numbers are never reused: no deadline of this key to move.
+        self.timers.insert_new(Timer::Late(key), now + budget);
+        self.timers.insert_new(
             Timer::Expire(key),
             now + SchedulerConfig::ms(self.config.request_timeout_ms),
         );
@@ -1868,7 +1909,13 @@ impl FetchScheduler {
             };
             // With nothing excluded, no peer means no holder is usable, whatever the chunk.
             let none_usable = peer.is_none() && f.not_have.is_empty();
-            let origin = self.origin_candidate(exclude, len, now);
+            // A peer that makes it in time is asked whatever the origin's state.
+            let margin = SchedulerConfig::ms(self.config.late_slack_ms);
+            let origin = if hedge || peer.is_none_or(|(_, pt)| pt + margin > need) {
+                self.pass_origin(exclude, len, now)
+            } else {
+                None
+            };
             let holders = self.has_holders(f, index);
             if none_usable {
                 self.no_usable_holder[slot as usize] = true;
@@ -1888,7 +1935,6 @@ impl FetchScheduler {
             }
             // A peer's estimate is a guess until measured: one that would deliver with less
             // than `late_slack_ms` to spare counts as too late.
-            let margin = SchedulerConfig::ms(self.config.late_slack_ms);
             match (peer, origin) {
                 // The best peer would be too late: the origin if the chunk is urgent, else
                 // wait (it may become urgent, or a peer may free up).
@@ -1926,7 +1972,7 @@ impl FetchScheduler {
         // Less than `late_slack_ms` to spare counts as late here too.
         let margin = SchedulerConfig::ms(self.config.late_slack_ms);
         if urgent && !origin_asked && best_expected + margin > need {
-            if let Some((o, _)) = self.origin_candidate(exclude, len, now) {
+            if let Some((o, _)) = self.pass_origin(exclude, len, now) {
                 self.issue(now, o, track, What::Chunk(index), len);
                 return;
             }
@@ -1946,14 +1992,14 @@ impl FetchScheduler {
             let unheard = |p: &NodeId| !self.nodes.get(p).is_some_and(|n| n.heard);
             let instead = match peer {
                 Some((p, _)) if urgent && !origin_asked && unheard(&p) => {
-                    self.origin_candidate(exclude, len, now)
+                    self.pass_origin(exclude, len, now)
                 }
                 _ => None,
             };
             match instead.or(peer) {
                 Some((p, _)) => self.issue(now, p, track, What::Chunk(index), len),
                 None if !self.has_holders(f, index) && lookup_answered && !origin_asked => {
-                    if let Some((o, _)) = self.origin_candidate(exclude, len, now) {
+                    if let Some((o, _)) = self.pass_origin(exclude, len, now) {
                         self.issue(now, o, track, What::Chunk(index), len);
                     }
                 }
@@ -1968,7 +2014,8 @@ impl FetchScheduler {
         // its window (consecutive: `window` walks them in order).
         let mut wanted: [Option<(TrackId, bool, std::ops::Range<usize>)>; 2] = [None, None];
         let mut w = std::mem::take(&mut self.window_buf);
-        for slot in [Slot::Current, Slot::Next] {
+        // Next first: the fetch pass that follows asks for Current's window, found here.
+        for slot in [Slot::Next, Slot::Current] {
             let Some(f) = self.fetches[slot as usize].as_ref() else {
                 continue;
             };
@@ -1976,7 +2023,7 @@ impl FetchScheduler {
             let mut chunks = 0..0;
             if slot != Slot::Current || self.play.is_some() {
                 self.window(slot, now, &mut w);
-                if let (Some((first, _)), Some((last, _))) = (w.first(), w.last()) {
+                if let (Some((first, _)), Some((last, _))) = (w.chunks.first(), w.chunks.last()) {
                     chunks = *first..*last + 1;
                 }
             }
@@ -2022,6 +2069,7 @@ impl FetchScheduler {
         let mut all_asked = true;
         let starving = self.playback_urgent(now);
         self.no_usable_holder = [false; 2];
+        self.origin_unusable.set(false);
         let mut w = std::mem::take(&mut self.window_buf);
         // The requests in flight for the window's chunks, gathered once per pass: a chunk's
         // `fetch_chunk` only adds requests for that chunk, so the rest stay as gathered.
@@ -2038,7 +2086,7 @@ impl FetchScheduler {
         {
             self.window(Slot::Current, now, &mut w);
             self.chunks_in_flight(track, now, &mut asked);
-            for &(i, need) in &w {
+            for &(i, need) in &w.chunks {
                 let hedge =
                     waiting && start_index.is_some_and(|s| i < s + self.config.hedge_start_chunks);
                 mine.clear();
@@ -2061,7 +2109,7 @@ impl FetchScheduler {
             if let Some(track) = self.fetches[Slot::Next as usize].as_ref().map(|f| f.track) {
                 self.chunks_in_flight(track, now, &mut asked);
             }
-            for &(i, need) in &w {
+            for &(i, need) in &w.chunks {
                 mine.clear();
                 mine.extend(asked[of(&asked, i)].iter().map(|(_, a)| *a));
                 self.fetch_chunk(now, Slot::Next, i, need, false, false, &mine);
@@ -2070,6 +2118,7 @@ impl FetchScheduler {
         self.window_buf = w;
         self.asked_buf = asked;
         self.no_usable_holder = [false; 2];
+        self.origin_unusable.set(false);
     }
 
     fn update_prefetch(&mut self, now: Time) {

@@ -816,11 +816,15 @@ impl Cores for ShoalCores {
         let cache = c.scheduler().cache();
         // Sized once: kept until the client restarts, for every listener offline.
         let mut disk = Vec::with_capacity(cache.len());
-        disk.extend(
-            cache
-                .oldest_first()
-                .filter_map(|(id, _)| self.chunk_names.key_of(&id)),
-        );
+        match cache.oldest_first_keys(&self.chunk_names) {
+            // The cores keep their chunk ids in these names (`spawn`): the keys as they are.
+            Some(keys) => disk.extend(keys),
+            None => disk.extend(
+                cache
+                    .oldest_first()
+                    .filter_map(|(id, _)| self.chunk_names.key_of(&id)),
+            ),
+        }
         drop(c);
         match self.peers.get_mut(node as usize) {
             Some(p) if p.limits.is_some() => {

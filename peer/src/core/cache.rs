@@ -271,6 +271,26 @@ impl CacheIndex {
         })
     }
 
+    /// Every chunk held as its key in `names`, least recently used first, when the index keeps
+    /// its ids there (`None` otherwise): [`CacheIndex::oldest_first`] without looking each id
+    /// up and its key up again in a table of every chunk of a simulated run.
+    pub fn oldest_first_keys<'a>(
+        &'a self,
+        names: &ChunkNames,
+    ) -> Option<impl Iterator<Item = u32> + 'a> {
+        if !matches!(&self.ids, IdStore::Named(n) if n.same_as(names)) {
+            return None;
+        }
+        let first = (self.oldest != NIL).then_some(self.oldest);
+        Some(
+            std::iter::successors(first, move |&i| {
+                let next = self.slots[i as usize].next;
+                (next != NIL).then_some(next)
+            })
+            .map(move |i| self.slots[i as usize].key),
+        )
+    }
+
     /// Forgets `chunk` (the driver deleted it, or it failed verification on read).
     pub fn remove(&mut self, chunk: &ChunkId) -> bool {
         match self.unindex(chunk) {
@@ -418,6 +438,14 @@ mod tests {
                     proptest::prop_assert_eq!(c.bytes(), bytes);
                 }
                 proptest::prop_assert_eq!(named.inserts(), inline.inserts());
+                // By key: the same order, named in the shared table; only where it is shared.
+                let by_key: Option<Vec<_>> = named
+                    .oldest_first_keys(&names)
+                    .map(|keys| keys.map(|k| *names.id(k).expect("named")).collect());
+                let ids: Vec<_> = m.0.iter().map(|(c, _)| *c).collect();
+                proptest::prop_assert_eq!(by_key, (n >= named_after).then_some(ids));
+                proptest::prop_assert!(inline.oldest_first_keys(&names).is_none());
+                proptest::prop_assert!(named.oldest_first_keys(&ChunkNames::new()).is_none());
             }
             // Each id is named once, however many indexes hold it.
             proptest::prop_assert_eq!(names.len(), 24);

@@ -70,6 +70,11 @@ impl<I: Copy + Eq + Hash> Names<I> {
         self.len() == 0
     }
 
+    /// True when `other` is a clone of this table (the same keys name the same ids).
+    pub fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// `id`'s key, naming it now if it has none; `None` once 2^32 − 1 ids are named.
     pub fn key_of(&self, id: &I) -> Option<u32> {
         let ids = &self.inner.ids;

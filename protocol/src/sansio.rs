@@ -182,16 +182,17 @@ impl<K: Ord + Clone> TimerSet<K> {
         if let Some(i) = self.position(&key) {
             self.latest_first.remove(i);
         }
-        let i = self
-            .latest_first
-            .partition_point(|(t, k)| (*t, k) > (at, &key));
-        self.latest_first.insert(i, (at, key));
+        self.insert_sorted(key, at);
     }
 
     /// Sets the deadline of a `key` the caller knows has none (a fresh one): [`TimerSet::set`]
     /// without the search for an old deadline to move.
     pub fn insert_new(&mut self, key: K, at: Time) {
         debug_assert!(self.position(&key).is_none(), "insert_new: key already set");
+        self.insert_sorted(key, at);
+    }
+
+    fn insert_sorted(&mut self, key: K, at: Time) {
         let i = self
             .latest_first
             .partition_point(|(t, k)| (*t, k) > (at, &key));
@@ -326,7 +327,8 @@ mod tests {
 
     proptest::proptest! {
         /// Same answers as a pair of ordered trees under any mix of operations (`insert_new`
-        /// for keys not set), ties in time included (few keys and few distinct times, so moves, re-sets and ties are common).
+        /// for keys not set), ties in time included (few keys and few distinct times, so
+        /// moves, re-sets and ties are common).
         #[test]
         fn agrees_with_ordered_trees(
             ops in proptest::collection::vec((0u8..4, 0u8..24, 0u64..12), 0..300),

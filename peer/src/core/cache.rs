@@ -260,12 +260,7 @@ impl CacheIndex {
 
     /// Every chunk held with its length, least recently used first.
     pub fn oldest_first(&self) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
-        let first = (self.oldest != NIL).then_some(self.oldest);
-        std::iter::successors(first, move |&i| {
-            let next = self.slots[i as usize].next;
-            (next != NIL).then_some(next)
-        })
-        .filter_map(move |i| {
+        self.slots_oldest_first().filter_map(move |i| {
             let id = Self::id_at(&self.ids, &self.slots, i)?;
             Some((id, self.slots[i as usize].len))
         })
@@ -281,14 +276,19 @@ impl CacheIndex {
         if !matches!(&self.ids, IdStore::Named(n) if n.same_as(names)) {
             return None;
         }
-        let first = (self.oldest != NIL).then_some(self.oldest);
         Some(
-            std::iter::successors(first, move |&i| {
-                let next = self.slots[i as usize].next;
-                (next != NIL).then_some(next)
-            })
-            .map(move |i| self.slots[i as usize].key),
+            self.slots_oldest_first()
+                .map(move |i| self.slots[i as usize].key),
         )
+    }
+
+    /// The held slots, least recently used first.
+    fn slots_oldest_first(&self) -> impl Iterator<Item = u32> + '_ {
+        let first = (self.oldest != NIL).then_some(self.oldest);
+        std::iter::successors(first, move |&i| {
+            let next = self.slots[i as usize].next;
+            (next != NIL).then_some(next)
+        })
     }
 
     /// Forgets `chunk` (the driver deleted it, or it failed verification on read).

@@ -314,9 +314,9 @@ enum Slot {
 /// A slot's window as [`FetchScheduler::window`] computed it, with what it was computed from.
 #[derive(Debug, Default)]
 struct Window {
-    /// Slot, track, chunk count, play position, span and the time the position was taken
-    /// at: a window is a function of these alone.
-    from: Option<(Slot, TrackId, usize, u64, u64, Time)>,
+    /// Slot, track, chunk count, play position and the time the position was taken at: with
+    /// the (fixed) configuration, a window is a function of these alone.
+    from: Option<(Slot, TrackId, usize, u64, Time)>,
     /// Chunk indices wanted, most urgent first, with the time each is needed.
     chunks: Vec<(usize, Time)>,
 }
@@ -1581,7 +1581,7 @@ impl FetchScheduler {
                 Time::NEVER,
             ),
         };
-        let from = Some((slot, f.track, m.chunks.len(), pos, span, base));
+        let from = Some((slot, f.track, m.chunks.len(), pos, base));
         if out.from == from {
             return;
         }
@@ -1670,13 +1670,12 @@ impl FetchScheduler {
         if self.origin_unusable.get() {
             return None;
         }
-        let o = self.origin?;
-        if asked_of(exclude, &o) {
-            return None;
+        let found = self.origin_candidate(exclude, len, now);
+        // Only "cannot take a request" lasts the pass: this chunk's requests are its own.
+        if found.is_none() && self.origin.is_some_and(|o| !asked_of(exclude, &o)) {
+            self.origin_unusable.set(true);
         }
-        let n = self.usable(&o, now);
-        self.origin_unusable.set(n.is_none());
-        n.map(|n| (o, n.expected(now, len)))
+        found
     }
 
     fn issue(&mut self, now: Time, to: NodeId, track: TrackId, what: What, len: u64) {

@@ -7,6 +7,7 @@
 //! read a clock, open a socket or draw global randomness: time arrives as [`Time`], nodes are
 //! [`NodeId`]s, and every queue a core keeps is bounded.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::{Add, Sub};
 use std::time::Duration;
@@ -148,73 +149,133 @@ pub trait Core {
 }
 
 /// Named deadlines for a core: set, replace, cancel, find the earliest, pop the expired.
-/// One deadline per key; the core bounds how many keys it uses.
+/// One deadline per key.
 ///
-/// One vector sorted by `(deadline, key)`, latest first, so the earliest pops off the end.
-/// A core keeps tens of deadlines at most, where a scan is as fast as a tree's search; and a
-/// simulator runs one core per listener, where two B-trees kept two nodes (over 1 KiB) per
-/// core from its first deadline on, and this keeps a few bytes per deadline.
+/// A listener's core keeps tens of deadlines at most: one vector sorted by `(deadline, key)`,
+/// latest first, so the earliest pops off the end, where a scan is as fast as a tree's search
+/// and a simulator running one core per listener keeps a few bytes per deadline (two B-trees
+/// kept two nodes, over 1 KiB, per core from its first deadline on). A server answering a
+/// whole population (the origin, with one upload slot deadline per request in flight) keeps
+/// thousands, where each move in that vector is a scan and a shift of all of them: past
+/// 64 deadlines the set moves to two B-trees (by key and by time) until it
+/// empties. Both forms answer alike: deadlines pop by `(time, key)`.
 #[derive(Debug, Clone)]
 pub struct TimerSet<K: Ord + Clone> {
-    latest_first: Vec<(Time, K)>,
+    repr: Repr<K>,
+}
+
+#[derive(Debug, Clone)]
+enum Repr<K: Ord + Clone> {
+    /// Sorted by `(deadline, key)`, latest first.
+    Small(Vec<(Time, K)>),
+    /// More than `TimerSet::LARGE` deadlines (until the set empties).
+    Large(Box<Trees<K>>),
+}
+
+/// The large form: each deadline by key and by `(time, key)`.
+#[derive(Debug, Clone)]
+struct Trees<K: Ord + Clone> {
+    by_key: BTreeMap<K, Time>,
+    by_time: BTreeSet<(Time, K)>,
 }
 
 impl<K: Ord + Clone> Default for TimerSet<K> {
     fn default() -> Self {
         Self {
-            latest_first: Vec::new(),
+            repr: Repr::Small(Vec::new()),
         }
     }
 }
 
 impl<K: Ord + Clone> TimerSet<K> {
+    /// Deadlines kept in the vector; one more moves the set to the trees. Small in this
+    /// crate's tests, so the proptest below moves sets between both forms.
+    const LARGE: usize = if cfg!(test) { 8 } else { 64 };
+
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn position(&self, key: &K) -> Option<usize> {
-        self.latest_first.iter().position(|(_, k)| k == key)
+    fn position(v: &[(Time, K)], key: &K) -> Option<usize> {
+        v.iter().position(|(_, k)| k == key)
     }
 
     /// Sets (or moves) the deadline of `key` to `at`.
     pub fn set(&mut self, key: K, at: Time) {
-        if let Some(i) = self.position(&key) {
-            self.latest_first.remove(i);
+        match &mut self.repr {
+            Repr::Small(v) => {
+                if let Some(i) = Self::position(v, &key) {
+                    v.remove(i);
+                }
+                self.insert_sorted(key, at);
+            }
+            Repr::Large(t) => t.set(key, at),
         }
-        self.insert_sorted(key, at);
     }
 
     /// Sets the deadline of a `key` the caller knows has none (a fresh one): [`TimerSet::set`]
     /// without the search for an old deadline to move.
     pub fn insert_new(&mut self, key: K, at: Time) {
-        debug_assert!(self.position(&key).is_none(), "insert_new: key already set");
-        self.insert_sorted(key, at);
+        debug_assert!(self.get(&key).is_none(), "insert_new: key already set");
+        match &mut self.repr {
+            Repr::Small(_) => self.insert_sorted(key, at),
+            Repr::Large(t) => t.set(key, at),
+        }
     }
 
+    /// Inserts into the vector a key it does not hold, moving to the trees when it is full.
     fn insert_sorted(&mut self, key: K, at: Time) {
-        let i = self
-            .latest_first
-            .partition_point(|(t, k)| (*t, k) > (at, &key));
-        self.latest_first.insert(i, (at, key));
+        let Repr::Small(v) = &mut self.repr else {
+            return;
+        };
+        if v.len() < Self::LARGE {
+            let i = v.partition_point(|(t, k)| (*t, k) > (at, &key));
+            v.insert(i, (at, key));
+            return;
+        }
+        let mut trees = Trees {
+            by_key: BTreeMap::new(),
+            by_time: BTreeSet::new(),
+        };
+        for (t, k) in std::mem::take(v) {
+            trees.set(k, t);
+        }
+        trees.set(key, at);
+        self.repr = Repr::Large(Box::new(trees));
     }
 
     /// Removes the deadline of `key`; returns when it was due.
     pub fn cancel(&mut self, key: &K) -> Option<Time> {
-        let i = self.position(key)?;
-        let (at, _) = self.latest_first.remove(i);
+        let at = match &mut self.repr {
+            Repr::Small(v) => {
+                let i = Self::position(v, key)?;
+                v.remove(i).0
+            }
+            Repr::Large(t) => {
+                let at = t.by_key.remove(key)?;
+                t.by_time.remove(&(at, key.clone()));
+                at
+            }
+        };
         self.shrink();
         Some(at)
     }
 
     /// When `key` is due, if set.
     pub fn get(&self, key: &K) -> Option<Time> {
-        self.position(key).map(|i| self.latest_first[i].0)
+        match &self.repr {
+            Repr::Small(v) => Self::position(v, key).map(|i| v[i].0),
+            Repr::Large(t) => t.by_key.get(key).copied(),
+        }
     }
 
     /// The earliest deadline, or [`Time::NEVER`].
     pub fn next_deadline(&self) -> Time {
-        self.latest_first.last().map_or(Time::NEVER, |(t, _)| *t)
+        match &self.repr {
+            Repr::Small(v) => v.last().map_or(Time::NEVER, |(t, _)| *t),
+            Repr::Large(t) => t.by_time.first().map_or(Time::NEVER, |(t, _)| *t),
+        }
     }
 
     /// Removes and returns one key whose deadline is at or before `now`, earliest first.
@@ -222,28 +283,47 @@ impl<K: Ord + Clone> TimerSet<K> {
         if self.next_deadline() > now {
             return None;
         }
-        let (_, key) = self.latest_first.pop()?;
+        let key = match &mut self.repr {
+            Repr::Small(v) => v.pop()?.1,
+            Repr::Large(t) => {
+                let (_, key) = t.by_time.pop_first()?;
+                t.by_key.remove(&key);
+                key
+            }
+        };
         self.shrink();
         Some(key)
     }
 
-    /// Frees the vector once it is empty: most of a listener's core's life has no deadline
-    /// in some set (an idle server, a finished play). Halving the room as it drains instead
-    /// fragmented glibc's heap: at 10,000 simulated peers, 8% more peak RSS than this.
+    /// Frees the storage once the set is empty: most of a listener's core's life has no
+    /// deadline in some set (an idle server, a finished play). Halving the room as it drains
+    /// instead fragmented glibc's heap: at 10,000 simulated peers, 8% more peak RSS than this.
     fn shrink(&mut self) {
-        if self.latest_first.is_empty() {
-            self.latest_first = Vec::new();
+        if self.is_empty() {
+            self.repr = Repr::Small(Vec::new());
         }
     }
 
     /// Number of deadlines set.
     pub fn len(&self) -> usize {
-        self.latest_first.len()
+        match &self.repr {
+            Repr::Small(v) => v.len(),
+            Repr::Large(t) => t.by_key.len(),
+        }
     }
 
     /// True when no deadline is set.
     pub fn is_empty(&self) -> bool {
-        self.latest_first.is_empty()
+        self.len() == 0
+    }
+}
+
+impl<K: Ord + Clone> Trees<K> {
+    fn set(&mut self, key: K, at: Time) {
+        if let Some(old) = self.by_key.insert(key.clone(), at) {
+            self.by_time.remove(&(old, key.clone()));
+        }
+        self.by_time.insert((at, key));
     }
 }
 
@@ -367,6 +447,49 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A server's pattern at scale: deadlines for many requests, most set at the latest
+    /// time, cancelled out of order, then drained: the set leaves the vector, answers like the
+    /// trees throughout, and frees what it held once empty.
+    #[test]
+    fn thousands_of_deadlines_answer_like_the_trees() {
+        let (mut set, mut model) = (TimerSet::new(), TreeTimers::default());
+        let mut now = 0u64;
+        for i in 0..2_000u32 {
+            let key = (i * 37 % 251) as u8;
+            now += u64::from(i % 3);
+            set.set(key, Time::from_millis(now + 100));
+            model.set(key, Time::from_millis(now + 100));
+            if i % 5 == 0 {
+                let gone = (i * 11 % 251) as u8;
+                assert_eq!(set.cancel(&gone), model.cancel(gone));
+            }
+            if i % 50 == 0 {
+                loop {
+                    let (a, b) = (
+                        set.pop_expired(Time::from_millis(now)),
+                        model.pop_expired(Time::from_millis(now)),
+                    );
+                    assert_eq!(a, b);
+                    if a.is_none() {
+                        break;
+                    }
+                }
+            }
+            assert_eq!(set.len(), model.by_key.len());
+            assert_eq!(
+                set.next_deadline(),
+                model.by_time.first().map_or(Time::NEVER, |t| t.0)
+            );
+        }
+        assert!(set.len() > TimerSet::<u8>::LARGE);
+        assert!(matches!(set.repr, Repr::Large(_)));
+        while let Some(k) = set.pop_expired(Time::NEVER) {
+            assert_eq!(Some(k), model.pop_expired(Time::NEVER));
+        }
+        assert!(model.by_key.is_empty());
+        assert!(matches!(&set.repr, Repr::Small(v) if v.capacity() == 0));
     }
 
     /// A tiny core that answers pings after a fixed think time: exercises the contract the

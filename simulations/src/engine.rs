@@ -234,7 +234,8 @@ impl EventQueue {
     /// go to `far`. Without this, an early event pushed after a later one had set `base`
     /// (every run's start: churn schedules the population in no time order; or a jump over
     /// an empty stretch) would make `cur` the whole queue up to that later event, and each
-    /// push into it a shift of all of them (a third of a 100,000-peer run's time).
+    /// push into it a shift of all of them (37% of the first 15 simulated minutes at 100,000
+    /// peers).
     fn rebase(&mut self, b: u64) {
         let old = self.base;
         self.base = b;

@@ -28,11 +28,12 @@
 //! ask here).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use shoal_peer::core::{
     AnnounceConfig, Announcer, ChunkMsg, ChunkNames, ChunkServer, Item, ManifestPool, NodeNames,
-    PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerEvent,
-    ServerCommand, ServerConfig,
+    PeerCommand, PeerConfig, PeerCore, PeerEvent, PeerInfo, SchedulerCommand, SchedulerConfig,
+    SchedulerEvent, ServerCommand, ServerConfig,
 };
 use shoal_protocol::wire::{
     Announce, AnnounceResponse, ChunkRequest, ChunkResponse, LENGTH_PREFIX_BYTES, LookupRequest,
@@ -357,6 +358,9 @@ pub struct ShoalCores {
     chunk_names: ChunkNames,
     /// The node ids in every listener core's table of known nodes, stored once for the run.
     node_names: NodeNames,
+    /// Every listener scheduler's configuration, stored once for the run (made from the
+    /// first listener's; they differ only in cache limits, which the cache index keeps).
+    scheduler_config: Option<Arc<SchedulerConfig>>,
 }
 
 /// The shipped client's core configuration with the thresholds `[peer]` sets.
@@ -429,7 +433,22 @@ impl ShoalCores {
             manifests,
             chunk_names: ChunkNames::new(),
             node_names: NodeNames::new(),
+            scheduler_config: None,
         }
+    }
+
+    /// A listener core with its per-peer `limits`, sharing the run's manifests, ids and
+    /// scheduler configuration.
+    fn listener_core(&mut self, limits: PeerLimits) -> PeerCore {
+        let cfg = self.config_of(limits);
+        let shared = self
+            .scheduler_config
+            .get_or_insert_with(|| Arc::new(cfg.scheduler.clone()));
+        PeerCore::new(cfg)
+            .with_shared_scheduler_config(shared)
+            .with_manifest_pool(self.manifests.clone())
+            .with_chunk_names(self.chunk_names.clone())
+            .with_node_names(self.node_names.clone())
     }
 
     /// A byte quantity (a size, a rate) in the cores' payload units.
@@ -732,10 +751,7 @@ impl Cores for ShoalCores {
                     cache_bytes: self.scaled(info.cache_bytes),
                     upload_rate: self.scaled(info.upload_cap_bps.max(1.0) as u64),
                 };
-                let mut core = PeerCore::new(self.config_of(limits))
-                    .with_manifest_pool(self.manifests.clone())
-                    .with_chunk_names(self.chunk_names.clone())
-                    .with_node_names(self.node_names.clone());
+                let mut core = self.listener_core(limits);
                 let node = info.id.index().and_then(|i| usize::try_from(i).ok())?;
                 if self.peers.len() <= node {
                     self.peers.resize_with(node + 1, PeerDriver::default);
@@ -841,12 +857,8 @@ impl Cores for ShoalCores {
     /// only let it serve those manifests.)
     fn restart(&mut self, now: Time, node: u32) -> Option<SimNode> {
         let origin = self.origins.first().copied();
-        let pool = self.manifests.clone();
         let limits = self.peers.get(node as usize)?.limits?;
-        let mut core = PeerCore::new(self.config_of(limits))
-            .with_manifest_pool(pool)
-            .with_chunk_names(self.chunk_names.clone())
-            .with_node_names(self.node_names.clone());
+        let mut core = self.listener_core(limits);
         let p = self.peers.get_mut(node as usize)?;
         let disk = std::mem::take(&mut p.disk);
         let mut tracks: Vec<u32> = p.held.keys().copied().collect();

@@ -17,6 +17,7 @@
 //! Every threshold lives in [`PeerConfig`].
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use shoal_protocol::wire::{ChunkRequest, ChunkResponse};
 use shoal_protocol::{ChunkId, Core, Input, Output, Time};
@@ -136,6 +137,14 @@ impl PeerCore {
     /// every core given the same table (see [`NodeNames`]).
     pub fn with_node_names(mut self, names: NodeNames) -> Self {
         self.scheduler.set_node_names(names);
+        self
+    }
+
+    /// Builder: the scheduler uses `shared` in place of its own copy of the same
+    /// configuration, cache limits aside (see [`FetchScheduler::share_config`]; for a process
+    /// running many cores). Nothing changes when the rest differs.
+    pub fn with_shared_scheduler_config(mut self, shared: &Arc<SchedulerConfig>) -> Self {
+        self.scheduler.share_config(shared);
         self
     }
 

@@ -342,11 +342,13 @@ struct TrackFetch {
     /// The last two [`FetchScheduler::contiguous_end`] answers by (position, chunks in):
     /// chunks only ever come in, so while their count is the same so is the answer.
     contiguous: Memo2<(u64, usize), u64>,
-    /// Chunks found missing from the cache index, valid while the index's insert count is
-    /// still `uncached_at`: the window is re-checked at every input, and at 100,000 simulated
-    /// listeners a lookup in a cold per-listener table was its costliest step.
+    /// Chunks found missing from the cache index since (see
+    /// [`FetchScheduler::cache_insert`]): the window is re-checked at every input, and at
+    /// 100,000 simulated listeners a lookup in a cold per-listener table was its costliest
+    /// step. Only an insert makes a chunk held, and an insert unmarks the indices of that
+    /// chunk's id alone (a count of all inserts had every chunk that arrived forget the
+    /// whole window).
     uncached: Have,
-    uncached_at: u64,
 }
 
 /// The two most recent answers of a pure function of this fetch (its manifest never changes
@@ -405,23 +407,33 @@ impl TrackFetch {
             index_memo: Memo2::new(),
             contiguous: Memo2::new(),
             uncached: Have::new(len),
-            uncached_at: 0,
         }
     }
 
-    /// True when chunk `index` was found missing from the cache index and the index has had
-    /// no insert (`inserts`) since.
-    fn known_uncached(&self, index: usize, inserts: u64) -> bool {
-        self.uncached_at == inserts && self.uncached.get(index)
+    /// True when chunk `index` was found missing from the cache index, and its id has not
+    /// been inserted since.
+    fn known_uncached(&self, index: usize) -> bool {
+        self.uncached.get(index)
     }
 
-    /// Remembers that chunk `index` is not in the cache index as of `inserts`.
-    fn mark_uncached(&mut self, index: usize, inserts: u64) {
-        if self.uncached_at != inserts {
-            self.uncached.clear();
-            self.uncached_at = inserts;
-        }
+    /// Remembers that chunk `index` is not in the cache index.
+    fn mark_uncached(&mut self, index: usize) {
         self.uncached.set(index);
+    }
+
+    /// `chunk` went into the cache index: the indices that hold it are no longer known
+    /// missing (a track may repeat a chunk, and the other fetch may share it).
+    fn cached_now(&mut self, chunk: &ChunkId) {
+        let Some(m) = self.manifest.as_deref() else {
+            return;
+        };
+        let mut i = self.uncached.first_set(0);
+        while i < self.uncached.len {
+            if m.chunks.get(i).is_some_and(|c| c.id == *chunk) {
+                self.uncached.unset(i);
+            }
+            i = self.uncached.first_set(i + 1);
+        }
     }
 
     /// `FetchScheduler::chunk_index(m, pos)` (the chunk playing at `pos`), remembered, or
@@ -496,15 +508,35 @@ impl Have {
         }
     }
 
-    /// Empties the set.
-    fn clear(&mut self) {
-        self.bits.fill(0);
-        self.count = 0;
+    fn unset(&mut self, i: usize) {
+        if self.get(i) {
+            self.bits[i / 64] &= !(1 << (i % 64));
+            self.count -= 1;
+        }
     }
 
     /// True when every chunk is in (also when there are none).
     fn all(&self) -> bool {
         self.count == self.len
+    }
+
+    /// The first index at or after `from` in the set (`len` if none is).
+    fn first_set(&self, from: usize) -> usize {
+        if self.count == 0 || from >= self.len {
+            return self.len;
+        }
+        let mut w = from / 64;
+        let mut set = self.bits[w] & (u64::MAX << (from % 64));
+        loop {
+            if set != 0 {
+                return (w * 64 + set.trailing_zeros() as usize).min(self.len);
+            }
+            w += 1;
+            if w >= self.bits.len() {
+                return self.len;
+            }
+            set = self.bits[w];
+        }
     }
 
     /// The first index at or after `from` whose chunk is missing (`len` if none is).
@@ -587,7 +619,9 @@ fn ms_samples(ms: u64) -> u64 {
 /// delete it. The scheduler never needs the driver to decide anything.
 #[derive(Debug)]
 pub struct FetchScheduler {
-    config: SchedulerConfig,
+    /// Shared by many cores of one process when they run the same configuration (see
+    /// [`FetchScheduler::share_config`]); its cache limits are the cache index's business.
+    config: Arc<SchedulerConfig>,
     origin: Option<NodeId>,
     nodes: NodeTable<NodeState>,
     holders: IdMap<TrackId, IdList<NodeId>>,
@@ -628,7 +662,7 @@ impl FetchScheduler {
     pub fn new(config: SchedulerConfig) -> Self {
         let cache = CacheIndex::new(config.cache.clone());
         Self {
-            config,
+            config: Arc::new(config),
             origin: None,
             nodes: NodeTable::default(),
             holders: IdMap::default(),
@@ -694,8 +728,27 @@ impl FetchScheduler {
     }
 
     /// The configuration.
-    pub fn config(&self) -> &SchedulerConfig {
-        &self.config
+    pub fn config(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            cache: self.cache.config().clone(),
+            ..(*self.config).clone()
+        }
+    }
+
+    /// Uses `shared` in place of this scheduler's own copy of the same configuration; the
+    /// cache limits may differ (the cache index keeps its own). False, and nothing changed,
+    /// when anything else differs. A process running many cores (the simulator) keeps one
+    /// copy for all of them: a listener's copy is five cache lines read on every input,
+    /// cold when there are 100,000 listeners. No decision changes.
+    pub fn share_config(&mut self, shared: &Arc<SchedulerConfig>) -> bool {
+        let same = SchedulerConfig {
+            cache: self.config.cache.clone(),
+            ..(**shared).clone()
+        } == *self.config;
+        if same {
+            self.config = Arc::clone(shared);
+        }
+        same
     }
 
     /// The cache index (what the disk cache holds, LRU order).
@@ -911,11 +964,7 @@ impl FetchScheduler {
                     self.session.verification_failures += 1;
                 }
             }
-            SchedulerCommand::CacheHas { chunk, len } => {
-                for e in self.cache.insert(chunk, len) {
-                    self.emit(SchedulerEvent::Evict(e));
-                }
-            }
+            SchedulerCommand::CacheHas { chunk, len } => self.cache_insert(chunk, len),
             SchedulerCommand::CacheRemoved(chunk) => {
                 self.cache.remove(&chunk);
             }
@@ -1312,7 +1361,16 @@ impl FetchScheduler {
             source,
             store: true,
         });
-        for e in self.cache.insert(info.id, info.len) {
+        self.cache_insert(info.id, info.len);
+    }
+
+    /// Adds `chunk` to the cache index (every insert comes here, so that the fetches'
+    /// [`TrackFetch::uncached`] marks stay true) and tells the driver what it evicted.
+    fn cache_insert(&mut self, chunk: ChunkId, len: u32) {
+        for f in self.fetches.iter_mut().flatten() {
+            f.cached_now(&chunk);
+        }
+        for e in self.cache.insert(chunk, len) {
             self.emit(SchedulerEvent::Evict(e));
         }
     }
@@ -1867,8 +1925,7 @@ impl FetchScheduler {
             return;
         };
         let track = f.track;
-        let inserts = self.cache.inserts();
-        if !f.known_uncached(index, inserts) {
+        if !f.known_uncached(index) {
             if self.cache.contains(&info.id) {
                 if let Some(f) = self.fetches[slot as usize].as_mut() {
                     f.reading.insert(index);
@@ -1881,7 +1938,7 @@ impl FetchScheduler {
                 return;
             }
             if let Some(f) = self.fetches[slot as usize].as_mut() {
-                f.mark_uncached(index, inserts);
+                f.mark_uncached(index);
             }
         }
         let Some(f) = self.fetches[slot as usize].as_ref() else {
@@ -1900,10 +1957,11 @@ impl FetchScheduler {
         }
         let exclude = asked;
         // `set_peers` records every answer, even an empty one; an answer that takes too long
-        // counts as empty.
-        let lookup_answered = self.holders.contains_key(&track)
-            || now.saturating_since(f.asked_peers_at)
-                >= SchedulerConfig::ms(self.config.lookup_wait_ms);
+        // counts as empty. Asked only where it decides: most chunks of the window are
+        // already asked, and the holder map is one more cold table per input.
+        let waited = now.saturating_since(f.asked_peers_at)
+            >= SchedulerConfig::ms(self.config.lookup_wait_ms);
+        let lookup_answered = |s: &Self| waited || s.holders.contains_key(&track);
         if asked.is_empty() {
             let peer = if self.no_usable_holder[slot as usize] {
                 None
@@ -1951,9 +2009,9 @@ impl FetchScheduler {
                 // an urgent chunk goes to the origin only when waiting any longer for the
                 // answer would make it late, or the first seconds would all come from there.
                 (None, Some((o, ot)))
-                    if (!holders && lookup_answered)
+                    if (!holders && lookup_answered(self))
                         || (urgent
-                            && (lookup_answered
+                            && (lookup_answered(self)
                                 || ot + SchedulerConfig::ms(self.config.late_slack_ms)
                                     >= need)) =>
                 {
@@ -2001,7 +2059,7 @@ impl FetchScheduler {
             };
             match instead.or(peer) {
                 Some((p, _)) => self.issue(now, p, track, What::Chunk(index), len),
-                None if !self.has_holders(f, index) && lookup_answered && !origin_asked => {
+                None if !self.has_holders(f, index) && lookup_answered(self) && !origin_asked => {
                     if let Some((o, _)) = self.pass_origin(exclude, len, now) {
                         self.issue(now, o, track, What::Chunk(index), len);
                     }

@@ -711,6 +711,41 @@ fn a_chunk_cached_mid_play_is_read_from_the_cache() {
 }
 
 #[test]
+fn a_repeated_chunk_is_read_from_the_cache_once_one_copy_arrived() {
+    // Chunks 2 and 6 carry the same bytes. Chunk 6 is in the first window, found missing from
+    // the cache index and left for later (the origin takes four requests at a time); once
+    // chunk 2 has arrived and gone into the cache, chunk 6 must come from there.
+    let base = make_track(13, 8, 16_000);
+    let mut chunks = base.chunks.clone();
+    chunks[6] = chunks[2].clone();
+    let mut infos = base.manifest.chunks.clone();
+    infos[6].id = infos[2].id;
+    infos[6].len = infos[2].len;
+    let manifest =
+        shoal_protocol::Manifest::new(2, 0, base.manifest.total_samples, infos).expect("manifest");
+    let manifest_bytes = manifest.encode();
+    let t = TestTrack {
+        id: TrackId::of(&manifest_bytes),
+        manifest,
+        manifest_bytes,
+        chunks,
+    };
+    let mut net = setup(&[&t], 200, true);
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+    assert_played_correctly(&net, &t);
+    assert_eq!(ready(&net, t.id)[&6][0].0, Source::Cache);
+    assert_eq!(
+        get_chunks_to(&net, n(ORIGIN))
+            .iter()
+            .filter(|(_, _, c)| *c == t.manifest.chunks[2].id)
+            .count(),
+        1,
+        "asked the origin for those bytes once"
+    );
+}
+
+#[test]
 fn seek_cancels_what_is_no_longer_needed_and_stutters_are_counted() {
     let t = make_track(11, 13, 16_000);
     let mut net = setup(&[&t], 30, true);
@@ -1334,4 +1369,21 @@ fn a_play_starts_once_start_buffer_ms_of_audio_is_there() {
     // More than the track holds: it starts with the whole track there, not never.
     let (_, _, started, _) = run(3_600_000);
     assert!(started > second);
+}
+
+/// A configuration shared by many cores replaces a scheduler's own copy only when they are
+/// the same apart from cache limits, which stay the scheduler's own.
+#[test]
+fn a_shared_configuration_replaces_only_an_equal_copy() {
+    let shared = std::sync::Arc::new(SchedulerConfig::default());
+    let mut own = SchedulerConfig::default();
+    own.cache.max_bytes = 1234;
+    let mut s = FetchScheduler::new(own.clone());
+    assert!(s.share_config(&shared));
+    assert_eq!(s.config(), own);
+    let mut other = SchedulerConfig::default();
+    other.buffer_ahead_ms += 1;
+    let mut t = FetchScheduler::new(other.clone());
+    assert!(!t.share_config(&shared));
+    assert_eq!(t.config(), other);
 }

@@ -203,6 +203,16 @@ impl PeerCore {
     }
 }
 
+/// Gives a drained output queue's buffer back to the allocator. A process running many cores
+/// (the simulator: one per listener) otherwise keeps one idle buffer per core and queue, and
+/// each input writes its outputs into a queue of its own, cold in the CPU's caches; freed,
+/// the next core's queue takes the buffer just used. The real client's queues are few.
+pub(crate) fn release_drained<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
+
 impl Core for PeerCore {
     type Message = ChunkMsg;
     type Command = PeerCommand;
@@ -264,8 +274,10 @@ impl Core for PeerCore {
     }
 
     fn poll_output(&mut self) -> Output<ChunkMsg, PeerEvent> {
-        self.out
-            .pop_front()
-            .unwrap_or(Output::Timeout(self.next_timeout))
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        release_drained(&mut self.out);
+        Output::Timeout(self.next_timeout)
     }
 }

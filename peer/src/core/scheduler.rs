@@ -2264,6 +2264,7 @@ impl Core for FetchScheduler {
         if let Some(o) = self.out.pop_front() {
             return o;
         }
+        super::release_drained(&mut self.out);
         let wake = self
             .timers
             .next_deadline()

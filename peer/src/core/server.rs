@@ -523,8 +523,10 @@ impl Core for ChunkServer {
     }
 
     fn poll_output(&mut self) -> Output<ChunkMsg, ServerEvent> {
-        self.out
-            .pop_front()
-            .unwrap_or(Output::Timeout(self.slot_timers.next_deadline()))
+        if let Some(o) = self.out.pop_front() {
+            return o;
+        }
+        super::release_drained(&mut self.out);
+        Output::Timeout(self.slot_timers.next_deadline())
     }
 }

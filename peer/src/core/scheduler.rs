@@ -525,18 +525,7 @@ impl Have {
         if self.count == 0 || from >= self.len {
             return self.len;
         }
-        let mut w = from / 64;
-        let mut set = self.bits[w] & (u64::MAX << (from % 64));
-        loop {
-            if set != 0 {
-                return (w * 64 + set.trailing_zeros() as usize).min(self.len);
-            }
-            w += 1;
-            if w >= self.bits.len() {
-                return self.len;
-            }
-            set = self.bits[w];
-        }
+        self.first_where(from, 0)
     }
 
     /// The first index at or after `from` whose chunk is missing (`len` if none is).
@@ -544,18 +533,22 @@ impl Have {
         if from >= self.len {
             return from;
         }
+        self.first_where(from, u64::MAX)
+    }
+
+    /// The first index at or after `from` (< `len`) whose bit, xor `flip`, is one.
+    fn first_where(&self, from: usize, flip: u64) -> usize {
         let mut w = from / 64;
-        // Ones where chunks are missing, from `from` on.
-        let mut missing = !self.bits[w] & (u64::MAX << (from % 64));
+        let mut ones = (self.bits[w] ^ flip) & (u64::MAX << (from % 64));
         loop {
-            if missing != 0 {
-                return (w * 64 + missing.trailing_zeros() as usize).min(self.len);
+            if ones != 0 {
+                return (w * 64 + ones.trailing_zeros() as usize).min(self.len);
             }
             w += 1;
             if w >= self.bits.len() {
                 return self.len;
             }
-            missing = !self.bits[w];
+            ones = self.bits[w] ^ flip;
         }
     }
 }

@@ -21,7 +21,7 @@ use super::cache::CacheIndex;
 use super::cache::ChunkNames;
 use super::config::SchedulerConfig;
 use super::idmap::{IdMap, IdSet};
-use super::names::{IdList, NodeNames};
+use super::names::NodeNames;
 use super::nodes::NodeTable;
 use super::pool::ManifestPool;
 use super::stats::{BytesBySource, PlayStats, SourceKind};
@@ -269,6 +269,8 @@ enum What {
 
 #[derive(Debug, Clone)]
 struct Req {
+    /// The asked node's slot in the scheduler's `nodes` (it stays there while asked).
+    node: u32,
     track: TrackId,
     what: What,
     len: u64,
@@ -616,8 +618,12 @@ pub struct FetchScheduler {
     /// [`FetchScheduler::share_config`]); its cache limits are the cache index's business.
     config: Arc<SchedulerConfig>,
     origin: Option<NodeId>,
+    /// The origin's slot in `nodes`.
+    origin_slot: Option<u32>,
     nodes: NodeTable<NodeState>,
-    holders: IdMap<TrackId, IdList<NodeId>>,
+    /// By track, its holders nearest first: their slots in `nodes` (a listed node stays in
+    /// the table), so ranking them reads their states without hashing their ids.
+    holders: IdMap<TrackId, Vec<u32>>,
     banned: IdSet<NodeId>,
     banned_order: VecDeque<NodeId>,
     cache: CacheIndex,
@@ -657,6 +663,7 @@ impl FetchScheduler {
         Self {
             config: Arc::new(config),
             origin: None,
+            origin_slot: None,
             nodes: NodeTable::default(),
             holders: IdMap::default(),
             banned: IdSet::default(),
@@ -694,10 +701,11 @@ impl FetchScheduler {
     /// Keeps the ids of its known nodes in `names`, shared with other cores (see
     /// [`NodeNames`]); no decision changes.
     pub fn set_node_names(&mut self, names: NodeNames) {
-        let before = self.nodes.ids().clone();
         self.nodes.set_names(names);
+        // Every node keeps its slot, unless the shared names were full.
+        let nodes = &self.nodes;
         for list in self.holders.values_mut() {
-            *list = list.rebuilt(&before, self.nodes.ids());
+            list.retain(|&slot| nodes.at(slot).is_some());
         }
     }
 
@@ -876,6 +884,7 @@ impl FetchScheduler {
 
     fn set_origin(&mut self, origin: Option<NodeId>) {
         self.origin = origin;
+        self.origin_slot = None;
         if let Some(o) = origin {
             let state = NodeState {
                 rate: self.config.initial_origin_rate as f64,
@@ -887,7 +896,7 @@ impl FetchScheduler {
                 superpeer: false,
                 heard: false,
             };
-            self.nodes.get_or_insert(o, state);
+            self.origin_slot = self.nodes.slot_or_insert(o, state);
         }
     }
 
@@ -1028,26 +1037,25 @@ impl FetchScheduler {
     }
 
     fn set_peers(&mut self, track: TrackId, peers: Vec<PeerInfo>) {
-        let mut list = IdList::with_capacity(
-            self.nodes.ids(),
-            peers.len().min(self.config.max_peers_per_track),
-        );
+        let mut list: Vec<u32> =
+            Vec::with_capacity(peers.len().min(self.config.max_peers_per_track));
         for p in peers {
             if list.len() >= self.config.max_peers_per_track {
                 break;
             }
-            if self.banned.contains(&p.node)
-                || Some(p.node) == self.origin
-                || list.iter(self.nodes.ids()).any(|n| n == p.node)
-            {
+            if self.banned.contains(&p.node) || Some(p.node) == self.origin {
                 continue;
             }
-            if !self.nodes.contains_key(&p.node) && !self.make_room_for_node() {
-                continue;
+            // A node the table lacks is in no list.
+            match self.nodes.slot_of(&p.node) {
+                Some(slot) if list.contains(&slot) => continue,
+                Some(_) => {}
+                None if !self.make_room_for_node(&list) => continue,
+                None => {}
             }
             let rtt = SchedulerConfig::ms(p.rtt_ms.map_or(self.config.initial_rtt_ms, u64::from));
             let initial = self.config.initial_peer_rate as f64;
-            let Some(state) = self.nodes.get_or_insert(
+            let Some(slot) = self.nodes.slot_or_insert(
                 p.node,
                 NodeState {
                     rate: initial,
@@ -1062,8 +1070,10 @@ impl FetchScheduler {
             ) else {
                 continue;
             };
-            state.superpeer = p.superpeer;
-            list.push(self.nodes.ids(), p.node);
+            if let Some(state) = self.nodes.at_mut(slot) {
+                state.superpeer = p.superpeer;
+            }
+            list.push(slot);
         }
         if !self.holders.contains_key(&track)
             && self.holders.len() >= self.config.max_tracks_with_peers
@@ -1082,14 +1092,20 @@ impl FetchScheduler {
         self.holders.insert(track, list);
     }
 
-    /// Frees a node-statistics slot if the table is full (forgets an idle node no track
-    /// lists); false when none can go.
-    fn make_room_for_node(&mut self) -> bool {
+    /// Frees a node-statistics slot if the table is full (forgets an idle node that no track
+    /// lists, `adding` included: the list being built); false when none can go.
+    fn make_room_for_node(&mut self, adding: &[u32]) -> bool {
         if self.nodes.len() < self.config.max_known_nodes {
             return true;
         }
-        let ids = self.nodes.ids();
-        let listed: IdSet<NodeId> = self.holders.values().flat_map(|l| l.iter(ids)).collect();
+        let listed: IdSet<NodeId> = self
+            .holders
+            .values()
+            .map(Vec::as_slice)
+            .chain([adding])
+            .flatten()
+            .filter_map(|&slot| self.nodes.id_at(slot))
+            .collect();
         // The smallest id that can go (the order the table had as a B-tree).
         let victim = self
             .nodes
@@ -1181,7 +1197,8 @@ impl FetchScheduler {
         }
         self.timers.cancel(&Timer::Late(key));
         self.timers.cancel(&Timer::Expire(key));
-        if let Some(n) = self.nodes.get_mut(&key.0) {
+        debug_assert_eq!(self.nodes.id_at(req.node), Some(key.0));
+        if let Some(n) = self.nodes.at_mut(req.node) {
             n.in_flight = n.in_flight.saturating_sub(1);
             n.outstanding = n.outstanding.saturating_sub(req.len);
         }
@@ -1219,7 +1236,8 @@ impl FetchScheduler {
     }
 
     fn on_response(&mut self, now: Time, from: NodeId, resp: ChunkResponse) {
-        if let Some(n) = self.nodes.get_mut(&from) {
+        let slot = self.nodes.slot_of(&from);
+        if let Some(n) = slot.and_then(|s| self.nodes.at_mut(s)) {
             n.heard = true;
         }
         match resp {
@@ -1227,7 +1245,7 @@ impl FetchScheduler {
                 let Some(req) = self.take_request((from, request)) else {
                     return;
                 };
-                self.measure(now, from, &req, bytes.len() as u64);
+                self.measure(now, &req, bytes.len() as u64);
                 match req.what {
                     What::Chunk(index) => self.on_chunk(from, &req, index, bytes),
                     What::Manifest => {}
@@ -1237,7 +1255,7 @@ impl FetchScheduler {
                 let Some(req) = self.take_request((from, request)) else {
                     return;
                 };
-                self.measure(now, from, &req, bytes.len() as u64);
+                self.measure(now, &req, bytes.len() as u64);
                 if req.what == What::Manifest {
                     self.on_manifest(from, req.track, bytes);
                 }
@@ -1268,7 +1286,7 @@ impl FetchScheduler {
                 }
                 let wait = u64::from(retry_after_ms).min(self.config.max_busy_backoff_ms);
                 let until = now + SchedulerConfig::ms(wait);
-                if let Some(n) = self.nodes.get_mut(&from) {
+                if let Some(n) = slot.and_then(|s| self.nodes.at_mut(s)) {
                     n.busy_until = until;
                     n.last_completion = now;
                 }
@@ -1279,10 +1297,10 @@ impl FetchScheduler {
         }
     }
 
-    /// Updates `from`'s rate estimate with one transfer of `len` bytes.
-    fn measure(&mut self, now: Time, from: NodeId, req: &Req, len: u64) {
+    /// Updates the asked node's rate estimate with `req`'s transfer of `len` bytes.
+    fn measure(&mut self, now: Time, req: &Req, len: u64) {
         let w = self.config.rate_ewma_weight;
-        let Some(n) = self.nodes.get_mut(&from) else {
+        let Some(n) = self.nodes.at_mut(req.node) else {
             return;
         };
         // If the node was idle when asked, the transfer began about one RTT after sending;
@@ -1421,8 +1439,13 @@ impl FetchScheduler {
         for k in keys {
             self.cancel_request(k);
         }
-        for list in self.holders.values_mut() {
-            list.remove(self.nodes.ids(), &peer);
+        if let Some(slot) = self.nodes.slot_of(&peer) {
+            for list in self.holders.values_mut() {
+                list.retain(|&s| s != slot);
+            }
+            if self.origin_slot == Some(slot) {
+                self.origin_slot = None;
+            }
         }
         self.nodes.remove(&peer);
         self.emit(SchedulerEvent::PeerBanned { peer, reason });
@@ -1440,7 +1463,7 @@ impl FetchScheduler {
                         1.0
                     };
                     let (sent, len) = (r.sent, r.len + r.ahead);
-                    if let Some(n) = self.nodes.get_mut(&key.0) {
+                    if let Some(n) = self.nodes.at_mut(r.node) {
                         // It has not delivered this and what was ahead of it in the time since
                         // sending: its rate is at most that (and lower by the penalty the
                         // first time).
@@ -1655,12 +1678,18 @@ impl FetchScheduler {
         }
     }
 
-    fn usable(&self, node: &NodeId, now: Time) -> Option<&NodeState> {
-        if !self.banned.is_empty() && self.banned.contains(node) {
+    /// The state of the node in `slot` if it can take a request now.
+    fn usable(&self, slot: u32, now: Time) -> Option<&NodeState> {
+        let n = self.nodes.at(slot)?;
+        if !self.banned.is_empty()
+            && self
+                .nodes
+                .id_at(slot)
+                .is_some_and(|id| self.banned.contains(&id))
+        {
             return None;
         }
-        let n = self.nodes.get(node)?;
-        let cap = if Some(*node) == self.origin {
+        let cap = if Some(slot) == self.origin_slot {
             self.config.max_in_flight_origin
         } else {
             self.config.max_in_flight_per_peer
@@ -1678,33 +1707,46 @@ impl FetchScheduler {
         now: Time,
     ) -> Option<(NodeId, Time)> {
         let list = self.holders.get(&f.track)?;
-        let mut best: Option<(NodeId, Time)> = None;
-        for node in list.iter(self.nodes.ids()) {
-            if asked_of(exclude, &node)
-                || (!f.not_have.is_empty() && f.not_have.contains(&(what_index, node)))
-            {
-                continue;
+        // The ids are read only to skip some: most of the time nothing is skipped.
+        let skip = !exclude.is_empty() || !f.not_have.is_empty();
+        let mut best: Option<(u32, Time)> = None;
+        for &slot in list {
+            if skip {
+                let Some(node) = self.nodes.id_at(slot) else {
+                    continue;
+                };
+                if asked_of(exclude, &node)
+                    || (!f.not_have.is_empty() && f.not_have.contains(&(what_index, node)))
+                {
+                    continue;
+                }
             }
-            let Some(n) = self.usable(&node, now) else {
+            let Some(n) = self.usable(slot, now) else {
                 continue;
             };
             let t = n.expected(now, len);
             // Ties go to the earlier (nearer) holder.
             if best.is_none_or(|(_, bt)| t < bt) {
-                best = Some((node, t));
+                best = Some((slot, t));
             }
         }
-        best
+        best.and_then(|(slot, t)| Some((self.nodes.id_at(slot)?, t)))
     }
 
     /// True when some non-banned holder has not said it lacks `index`.
     fn has_holders(&self, f: &TrackFetch, index: usize) -> bool {
-        self.holders.get(&f.track).is_some_and(|l| {
-            l.iter(self.nodes.ids()).any(|n| {
+        let Some(list) = self.holders.get(&f.track) else {
+            return false;
+        };
+        if self.banned.is_empty() && f.not_have.is_empty() {
+            return !list.is_empty();
+        }
+        list.iter()
+            .filter_map(|&slot| self.nodes.id_at(slot))
+            .any(|n| {
                 (self.banned.is_empty() || !self.banned.contains(&n))
                     && (f.not_have.is_empty() || !f.not_have.contains(&(index, n)))
             })
-        })
     }
 
     fn origin_candidate(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(NodeId, Time)> {
@@ -1712,7 +1754,8 @@ impl FetchScheduler {
         if asked_of(exclude, &o) {
             return None;
         }
-        self.usable(&o, now).map(|n| (o, n.expected(now, len)))
+        self.usable(self.origin_slot?, now)
+            .map(|n| (o, n.expected(now, len)))
     }
 
     /// [`FetchScheduler::origin_candidate`] during a pass of [`FetchScheduler::pump`] over
@@ -1733,7 +1776,10 @@ impl FetchScheduler {
         if self.requests.len() >= self.config.max_in_flight_total {
             return;
         }
-        let Some(n) = self.nodes.get_mut(&to) else {
+        let Some(slot) = self.nodes.slot_of(&to) else {
+            return;
+        };
+        let Some(n) = self.nodes.at_mut(slot) else {
             return;
         };
         let expected = n.expected(now, len);
@@ -1754,6 +1800,7 @@ impl FetchScheduler {
         self.requests.insert(
             key,
             Req {
+                node: slot,
                 track,
                 what,
                 len,
@@ -1790,7 +1837,7 @@ impl FetchScheduler {
     /// expected (a late one re-estimated from its node's current rate).
     fn asked(&self, key: &ReqKey, r: &Req, now: Time) -> Asked {
         let expected = if r.late || now > r.expected {
-            self.nodes.get(&key.0).map_or(Time::NEVER, |n| {
+            self.nodes.at(r.node).map_or(Time::NEVER, |n| {
                 // Not there after `elapsed`: assume it needs at least as long again.
                 let elapsed = (now - r.sent).saturating_sub(n.rtt.get()).as_secs_f64();
                 let owed = (r.len + r.ahead) as f64;
@@ -2237,9 +2284,13 @@ impl Core for FetchScheduler {
                 if lost_requests {
                     self.back_off_lost(now, node);
                 }
-                if Some(node) != self.origin {
+                if let Some(slot) = self
+                    .nodes
+                    .slot_of(&node)
+                    .filter(|_| Some(node) != self.origin)
+                {
                     for list in self.holders.values_mut() {
-                        list.remove(self.nodes.ids(), &node);
+                        list.retain(|&s| s != slot);
                     }
                 }
             }

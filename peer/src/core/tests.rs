@@ -920,6 +920,42 @@ fn a_peer_lost_with_our_requests_is_left_alone_even_when_listed_again() {
 }
 
 #[test]
+fn a_full_node_table_keeps_the_holders_it_is_listing() {
+    // Room for the origin and two peers. Four holders are listed, nearest first: the first two
+    // take the room; the others find none, and must not push out the two just listed (which
+    // would leave the list naming nodes the scheduler no longer knows).
+    let t = make_track(19, 20, 16_000);
+    let mut config = PeerConfig::default();
+    config.scheduler.max_known_nodes = 3;
+    let mut net = setup_with(config, &[&t], 40, true);
+    for (i, rtt) in [(2u64, 5u32), (3, 6), (4, 7), (5, 8)] {
+        add_peer(&mut net, i, 400_000.0, u64::from(rtt), &[&t]);
+    }
+    net.command_at(
+        Time::ZERO,
+        n(LISTENER),
+        SchedulerCommand::Peers {
+            track: t.id,
+            peers: vec![peer(2, 5), peer(3, 6), peer(4, 7), peer(5, 8)],
+        },
+    );
+    play(&mut net, Time::ZERO, t.id);
+    run_to_end(&mut net, 1, secs(200));
+    assert!(
+        !get_chunks_to(&net, n(2)).is_empty(),
+        "the nearest holder, listed first, is asked"
+    );
+    for late in [4, 5] {
+        assert!(
+            get_chunks_to(&net, n(late)).is_empty(),
+            "holder {late} found no room and is not asked"
+        );
+    }
+    assert!(net.finished(n(LISTENER))[0].completed);
+    assert_played_correctly(&net, &t);
+}
+
+#[test]
 fn playing_without_known_holders_asks_the_driver_for_them() {
     let t = make_track(14, 3, 16_000);
     let mut net = setup(&[&t], 40, true);

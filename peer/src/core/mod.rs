@@ -104,6 +104,9 @@ pub struct PeerCore {
     server: ChunkServer,
     out: VecDeque<Output<ChunkMsg, PeerEvent>>,
     next_timeout: Time,
+    /// The scheduler's wake-up as it last said: an input only the server sees (most are chunk
+    /// requests) leaves it as it was, so the scheduler is not asked again.
+    scheduler_wake: Time,
     urgent: bool,
 }
 
@@ -115,6 +118,7 @@ impl PeerCore {
             server: ChunkServer::new(config.server),
             out: VecDeque::new(),
             next_timeout: Time::NEVER,
+            scheduler_wake: Time::NEVER,
             urgent: false,
         }
     }
@@ -163,27 +167,34 @@ impl PeerCore {
         self.scheduler.cache().contains(chunk)
     }
 
-    fn drain(&mut self, now: Time) {
+    /// Collects both sides' outputs; `scheduler_input`: the scheduler was given an input
+    /// (otherwise it has nothing to say and wakes when it last said).
+    fn drain(&mut self, now: Time, scheduler_input: bool) {
         let mut mirror = Vec::new();
-        let sched_wake = loop {
-            match self.scheduler.poll_output() {
-                Output::Timeout(t) => break t,
-                Output::Send { to, msg } => self.out.push_back(Output::Send { to, msg }),
-                Output::Event(e) => {
-                    // What the cache holds the server reads from the scheduler's index at
-                    // each request; manifests it is told, sharing the scheduler's copy.
-                    if let SchedulerEvent::ManifestReady { track, bytes } = &e {
-                        if let Ok(manifest) = self.scheduler.decode_manifest(*track, bytes) {
-                            mirror.push(ServerCommand::Track {
-                                track: *track,
-                                manifest,
-                            });
+        let sched_wake = if !scheduler_input {
+            self.scheduler_wake
+        } else {
+            loop {
+                match self.scheduler.poll_output() {
+                    Output::Timeout(t) => break t,
+                    Output::Send { to, msg } => self.out.push_back(Output::Send { to, msg }),
+                    Output::Event(e) => {
+                        // What the cache holds the server reads from the scheduler's index at
+                        // each request; manifests it is told, sharing the scheduler's copy.
+                        if let SchedulerEvent::ManifestReady { track, bytes } = &e {
+                            if let Ok(manifest) = self.scheduler.decode_manifest(*track, bytes) {
+                                mirror.push(ServerCommand::Track {
+                                    track: *track,
+                                    manifest,
+                                });
+                            }
                         }
+                        self.out.push_back(Output::Event(PeerEvent::Fetch(e)));
                     }
-                    self.out.push_back(Output::Event(PeerEvent::Fetch(e)));
                 }
             }
         };
+        self.scheduler_wake = sched_wake;
         let urgent = self.scheduler.playback_urgent(now);
         if urgent != self.urgent {
             self.urgent = urgent;
@@ -219,6 +230,13 @@ impl Core for PeerCore {
     type Event = PeerEvent;
 
     fn handle_input(&mut self, now: Time, input: Input<ChunkMsg, PeerCommand>) {
+        let scheduler_input = !matches!(
+            input,
+            Input::Message {
+                msg: ChunkMsg::Request(_),
+                ..
+            } | Input::Command(PeerCommand::Serve(_))
+        );
         match input {
             Input::Message {
                 from,
@@ -270,7 +288,7 @@ impl Core for PeerCore {
                 self.server.handle_input(now, Input::Command(c));
             }
         }
-        self.drain(now);
+        self.drain(now, scheduler_input);
     }
 
     fn poll_output(&mut self) -> Output<ChunkMsg, PeerEvent> {

@@ -1236,34 +1236,42 @@ impl FetchScheduler {
     }
 
     fn on_response(&mut self, now: Time, from: NodeId, resp: ChunkResponse) {
-        let slot = self.nodes.slot_of(&from);
+        let request = match &resp {
+            ChunkResponse::Chunk { request, .. }
+            | ChunkResponse::Manifest { request, .. }
+            | ChunkResponse::NotHave { request }
+            | ChunkResponse::Busy { request, .. } => Some(*request),
+            // The scheduler never asks QueryHave; a Cancelled ack needs nothing.
+            ChunkResponse::Have { .. } | ChunkResponse::Cancelled { .. } => None,
+        };
+        let req = request.and_then(|r| self.take_request((from, r)));
+        // It answered: reachable. The request names its slot; only an answer to none (late,
+        // after a cancel) needs the id looked up.
+        let slot = match &req {
+            Some(r) => Some(r.node),
+            None => self.nodes.slot_of(&from),
+        };
         if let Some(n) = slot.and_then(|s| self.nodes.at_mut(s)) {
             n.heard = true;
         }
+        let Some(req) = req else {
+            return;
+        };
         match resp {
-            ChunkResponse::Chunk { request, bytes } => {
-                let Some(req) = self.take_request((from, request)) else {
-                    return;
-                };
+            ChunkResponse::Chunk { bytes, .. } => {
                 self.measure(now, &req, bytes.len() as u64);
                 match req.what {
                     What::Chunk(index) => self.on_chunk(from, &req, index, bytes),
                     What::Manifest => {}
                 }
             }
-            ChunkResponse::Manifest { request, bytes } => {
-                let Some(req) = self.take_request((from, request)) else {
-                    return;
-                };
+            ChunkResponse::Manifest { bytes, .. } => {
                 self.measure(now, &req, bytes.len() as u64);
                 if req.what == What::Manifest {
                     self.on_manifest(from, req.track, bytes);
                 }
             }
-            ChunkResponse::NotHave { request } => {
-                let Some(req) = self.take_request((from, request)) else {
-                    return;
-                };
+            ChunkResponse::NotHave { .. } => {
                 let max = self.config.max_not_have;
                 if let Some(slot) = self.slot_of(&req.track) {
                     if let Some(f) = self.fetches[slot as usize].as_mut() {
@@ -1277,22 +1285,15 @@ impl FetchScheduler {
                     }
                 }
             }
-            ChunkResponse::Busy {
-                request,
-                retry_after_ms,
-            } => {
-                if self.take_request((from, request)).is_none() {
-                    return;
-                }
+            ChunkResponse::Busy { retry_after_ms, .. } => {
                 let wait = u64::from(retry_after_ms).min(self.config.max_busy_backoff_ms);
                 let until = now + SchedulerConfig::ms(wait);
-                if let Some(n) = slot.and_then(|s| self.nodes.at_mut(s)) {
+                if let Some(n) = self.nodes.at_mut(req.node) {
                     n.busy_until = until;
                     n.last_completion = now;
                 }
                 self.timers.set(Timer::Retry(from), until);
             }
-            // The scheduler never asks QueryHave; a Cancelled ack needs nothing.
             ChunkResponse::Have { .. } | ChunkResponse::Cancelled { .. } => {}
         }
     }
@@ -1705,7 +1706,7 @@ impl FetchScheduler {
         len: u64,
         exclude: &[Asked],
         now: Time,
-    ) -> Option<(NodeId, Time)> {
+    ) -> Option<(u32, Time)> {
         let list = self.holders.get(&f.track)?;
         // The ids are read only to skip some: most of the time nothing is skipped.
         let skip = !exclude.is_empty() || !f.not_have.is_empty();
@@ -1730,7 +1731,7 @@ impl FetchScheduler {
                 best = Some((slot, t));
             }
         }
-        best.and_then(|(slot, t)| Some((self.nodes.id_at(slot)?, t)))
+        best
     }
 
     /// True when some non-banned holder has not said it lacks `index`.
@@ -1749,18 +1750,18 @@ impl FetchScheduler {
             })
     }
 
-    fn origin_candidate(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(NodeId, Time)> {
+    fn origin_candidate(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(u32, Time)> {
         let o = self.origin?;
         if asked_of(exclude, &o) {
             return None;
         }
-        self.usable(self.origin_slot?, now)
-            .map(|n| (o, n.expected(now, len)))
+        let slot = self.origin_slot?;
+        self.usable(slot, now).map(|n| (slot, n.expected(now, len)))
     }
 
     /// [`FetchScheduler::origin_candidate`] during a pass of [`FetchScheduler::pump`] over
     /// the windows, where an origin found unusable stays so (see `origin_unusable`).
-    fn pass_origin(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(NodeId, Time)> {
+    fn pass_origin(&self, exclude: &[Asked], len: u64, now: Time) -> Option<(u32, Time)> {
         if self.origin_unusable.get() {
             return None;
         }
@@ -1772,11 +1773,12 @@ impl FetchScheduler {
         found
     }
 
-    fn issue(&mut self, now: Time, to: NodeId, track: TrackId, what: What, len: u64) {
+    /// Asks the node in `slot` (a candidate's: the ranking found it there).
+    fn issue(&mut self, now: Time, slot: u32, track: TrackId, what: What, len: u64) {
         if self.requests.len() >= self.config.max_in_flight_total {
             return;
         }
-        let Some(slot) = self.nodes.slot_of(&to) else {
+        let Some(to) = self.nodes.id_at(slot) else {
             return;
         };
         let Some(n) = self.nodes.at_mut(slot) else {
@@ -2090,7 +2092,7 @@ impl FetchScheduler {
                 self.best_peer(f, index, len, exclude, now)
             }
             .filter(|(_, pt)| *pt < best_expected);
-            let unheard = |p: &NodeId| !self.nodes.get(p).is_some_and(|n| n.heard);
+            let unheard = |p: &u32| !self.nodes.at(*p).is_some_and(|n| n.heard);
             let instead = match peer {
                 Some((p, _)) if urgent && !origin_asked && unheard(&p) => {
                     self.pass_origin(exclude, len, now)

@@ -230,14 +230,8 @@ impl Core for PeerCore {
     type Event = PeerEvent;
 
     fn handle_input(&mut self, now: Time, input: Input<ChunkMsg, PeerCommand>) {
-        let scheduler_input = !matches!(
-            input,
-            Input::Message {
-                msg: ChunkMsg::Request(_),
-                ..
-            } | Input::Command(PeerCommand::Serve(_))
-        );
-        match input {
+        // Whether the scheduler was given the input (see `drain`).
+        let scheduler_input = match input {
             Input::Message {
                 from,
                 msg: ChunkMsg::Request(req),
@@ -245,24 +239,30 @@ impl Core for PeerCore {
                 let cache = self.scheduler.cache();
                 self.server
                     .handle_request_from(now, from, req, |c| cache.len_of(c));
+                false
             }
             Input::Message {
                 from,
                 msg: msg @ ChunkMsg::Response(_),
-            } => self
-                .scheduler
-                .handle_input(now, Input::Message { from, msg }),
+            } => {
+                self.scheduler
+                    .handle_input(now, Input::Message { from, msg });
+                true
+            }
             Input::Connected(n) => {
                 self.scheduler.handle_input(now, Input::Connected(n));
                 self.server.handle_input(now, Input::Connected(n));
+                true
             }
             Input::Disconnected(n) => {
                 self.scheduler.handle_input(now, Input::Disconnected(n));
                 self.server.handle_input(now, Input::Disconnected(n));
+                true
             }
             Input::Timeout => {
                 self.scheduler.handle_input(now, Input::Timeout);
                 self.server.handle_input(now, Input::Timeout);
+                true
             }
             Input::Command(PeerCommand::Fetch(c)) => {
                 let mirror = match &c {
@@ -283,11 +283,13 @@ impl Core for PeerCore {
                 if let Some(m) = mirror {
                     self.server.handle_input(now, Input::Command(m));
                 }
+                true
             }
             Input::Command(PeerCommand::Serve(c)) => {
                 self.server.handle_input(now, Input::Command(c));
+                false
             }
-        }
+        };
         self.drain(now, scheduler_input);
     }
 

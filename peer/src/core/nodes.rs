@@ -37,8 +37,8 @@ impl<S> Default for NodeTable<S> {
 
 impl<S> NodeTable<S> {
     fn id_in(ids: &IdStore<NodeId>, entries: &[Option<(u32, S)>], slot: u32) -> Option<NodeId> {
-        let key = entries.get(slot as usize)?.as_ref().map(|e| e.0);
-        ids.get(slot, Some(key?))
+        let (key, _) = entries.get(slot as usize)?.as_ref()?;
+        ids.get(slot, Some(*key))
     }
 
     fn holds(ids: &IdStore<NodeId>, entries: &[Option<(u32, S)>], slot: u32, id: &NodeId) -> bool {
@@ -74,26 +74,22 @@ impl<S> NodeTable<S> {
     /// Keeps the ids in `names`, shared with other tables, instead of beside each entry. Every
     /// node keeps its slot.
     pub(crate) fn set_names(&mut self, names: NodeNames) {
-        let mut entries = std::mem::take(&mut self.entries);
-        let old = std::mem::replace(&mut self.ids, IdStore::Named(names));
-        self.index.clear();
-        for (slot, entry) in entries.iter_mut().enumerate() {
-            let id = entry.as_ref().and_then(|e| old.get(slot as u32, Some(e.0)));
-            let key = match (&self.ids, id) {
-                (IdStore::Named(n), Some(id)) => n.key_of(&id),
-                _ => None,
+        for (slot, entry) in self.entries.iter_mut().enumerate() {
+            let Some(e) = entry.as_mut() else {
+                continue;
             };
-            match (entry.as_mut(), key) {
-                (Some(e), Some(key)) => e.0 = key,
-                // Shared names full: the node is forgotten (as `get_or_insert` would).
-                (Some(_), None) => {
+            let id = self.ids.get(slot as u32, Some(e.0));
+            match id.and_then(|id| names.key_of(&id)) {
+                Some(key) => e.0 = key,
+                // Shared names full: the node is forgotten (as `slot_or_insert` would).
+                None => {
                     *entry = None;
                     self.free.push(slot as u32);
                 }
-                (None, _) => {}
             }
         }
-        self.entries = entries;
+        self.ids = IdStore::Named(names);
+        self.index.clear();
         let (ids, entries) = (&self.ids, &self.entries);
         for slot in 0..entries.len() as u32 {
             if let Some(id) = Self::id_in(ids, entries, slot) {

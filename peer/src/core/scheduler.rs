@@ -707,6 +707,7 @@ impl FetchScheduler {
         for list in self.holders.values_mut() {
             list.retain(|&slot| nodes.at(slot).is_some());
         }
+        self.origin_slot = self.origin.and_then(|o| self.nodes.slot_of(&o));
     }
 
     /// `track`'s manifest decoded from `bytes` (which the caller checked hash to `track`):
@@ -1441,15 +1442,20 @@ impl FetchScheduler {
             self.cancel_request(k);
         }
         if let Some(slot) = self.nodes.slot_of(&peer) {
-            for list in self.holders.values_mut() {
-                list.retain(|&s| s != slot);
-            }
+            self.unlist(slot);
             if self.origin_slot == Some(slot) {
                 self.origin_slot = None;
             }
         }
         self.nodes.remove(&peer);
         self.emit(SchedulerEvent::PeerBanned { peer, reason });
+    }
+
+    /// Drops the node in `slot` from every track's holders.
+    fn unlist(&mut self, slot: u32) {
+        for list in self.holders.values_mut() {
+            list.retain(|&s| s != slot);
+        }
     }
 
     fn on_timer(&mut self, now: Time, t: Timer) {
@@ -2291,9 +2297,7 @@ impl Core for FetchScheduler {
                     .slot_of(&node)
                     .filter(|_| Some(node) != self.origin)
                 {
-                    for list in self.holders.values_mut() {
-                        list.retain(|&s| s != slot);
-                    }
+                    self.unlist(slot);
                 }
             }
             Input::Timeout => {
